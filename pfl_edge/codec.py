@@ -1,0 +1,178 @@
+"""Tensor codec: numpy arrays to pfl_edge.v1.Tensor and back.
+
+Encodings: float32 and float16 raw (decode is a zero-copy view of the message bytes),
+and int8 with a per-row affine scale (about 4x smaller than float32 for soft
+predictions). Every size is checked against the declared shape before anything is
+allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from pfl_edge import errors
+from pfl_edge.constants import MAX_TENSOR_ELEMENTS
+from pfl_edge.v1 import tensor_pb2 as tpb
+
+WireFormat = Literal["float32", "float16", "int8"]
+WIRE_FORMATS: tuple[WireFormat, ...] = ("float32", "float16", "int8")
+
+_DTYPES: dict[int, np.dtype[np.generic]] = {
+    tpb.DTYPE_FLOAT32: np.dtype("<f4"),
+    tpb.DTYPE_FLOAT16: np.dtype("<f2"),
+    tpb.DTYPE_INT8: np.dtype("i1"),
+    tpb.DTYPE_UINT8: np.dtype("u1"),
+    tpb.DTYPE_INT32: np.dtype("<i4"),
+    tpb.DTYPE_INT64: np.dtype("<i8"),
+}
+_CODES = {dt.newbyteorder("=") if dt.itemsize > 1 else dt: code for code, dt in _DTYPES.items()}
+
+
+def dtype_code(dtype: npt.DTypeLike) -> int:
+    """The wire DType for a numpy dtype; ValueError for unsupported ones."""
+    dt = np.dtype(dtype)
+    try:
+        return _CODES[dt.newbyteorder("=") if dt.itemsize > 1 else dt]
+    except KeyError:
+        raise ValueError(
+            f"dtype {dt} cannot travel; use one of {sorted(str(d) for d in _DTYPES.values())}"
+        ) from None
+
+
+def encode(name: str, array: npt.ArrayLike, wire: WireFormat | None = None) -> tpb.Tensor:
+    """Encode an array. `wire` picks float32/float16/int8 for float input; None keeps its dtype."""
+    arr = np.asarray(array)
+    if wire is None or not np.issubdtype(arr.dtype, np.floating):
+        return _raw(name, arr, arr.dtype)
+    if wire == "float32":
+        return _raw(name, arr, np.dtype("<f4"))
+    if wire == "float16":
+        return _raw(name, arr, np.dtype("<f2"))
+    if wire == "int8":
+        return _affine_int8(name, arr)
+    raise ValueError(f"unknown wire format {wire!r}; use one of {WIRE_FORMATS}")
+
+
+def _raw(name: str, arr: np.ndarray, dtype: np.dtype[np.generic]) -> tpb.Tensor:
+    code = dtype_code(dtype)
+    data = np.ascontiguousarray(arr, dtype=_DTYPES[code])
+    return tpb.Tensor(
+        name=name,
+        dtype=code,
+        shape=list(arr.shape),
+        encoding=tpb.ENCODING_RAW,
+        data=data.tobytes(),
+    )
+
+
+def _affine_int8(name: str, arr: np.ndarray) -> tpb.Tensor:
+    n_rows = arr.shape[0] if arr.ndim else 1
+    n_cols = math.prod(arr.shape[1:]) if arr.ndim else 1
+    rows = np.ascontiguousarray(arr, dtype=np.float32).reshape(n_rows, n_cols)
+    if rows.size and not np.isfinite(rows).all():
+        raise ValueError(f"tensor {name!r} has NaN or Inf values; int8 encoding needs finite ones")
+    if rows.size == 0:
+        lo = hi = np.zeros(rows.shape[0], dtype=np.float32)
+    else:
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+    scale = ((hi - lo) / 255.0).astype(np.float32)
+    scale[scale == 0] = 1.0
+    offset = (lo + 128.0 * scale).astype(np.float32)
+    q = np.rint((rows - offset[:, None]) / scale[:, None])
+    codes = np.clip(q, -128, 127).astype(np.int8)
+    return tpb.Tensor(
+        name=name,
+        dtype=tpb.DTYPE_FLOAT32,
+        shape=list(arr.shape),
+        encoding=tpb.ENCODING_AFFINE_ROW_INT8,
+        data=codes.tobytes(),
+        scale=scale.tobytes(),
+        offset=offset.tobytes(),
+    )
+
+
+def _checked_shape(t: tpb.Tensor, max_elements: int) -> tuple[tuple[int, ...], int]:
+    shape = tuple(int(d) for d in t.shape)
+    if len(shape) > 8:
+        raise errors.invalid(f"tensor {t.name!r} has {len(shape)} dimensions; at most 8 allowed")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise errors.too_large(
+            f"tensor {t.name!r} declares {count} elements, above the limit of {max_elements}"
+        )
+    return shape, count
+
+
+def decode(
+    t: tpb.Tensor,
+    *,
+    max_elements: int = MAX_TENSOR_ELEMENTS,
+    require_finite: bool = False,
+) -> np.ndarray:
+    """Decode a Tensor; raw encodings return a read-only view of the message bytes.
+
+    Raises `Rejection` (INVALID_ARGUMENT / RESOURCE_EXHAUSTED) when the declared shape,
+    dtype and byte lengths disagree, or when `require_finite` and a value is NaN/Inf.
+    """
+    shape, count = _checked_shape(t, max_elements)
+    dtype = _DTYPES.get(t.dtype)
+    if dtype is None:
+        raise errors.invalid(f"tensor {t.name!r} has unknown dtype code {t.dtype}")
+    if t.encoding == tpb.ENCODING_RAW:
+        if len(t.data) != count * dtype.itemsize:
+            raise errors.invalid(
+                f"tensor {t.name!r}: {len(t.data)} bytes do not match shape {list(shape)} "
+                f"of {dtype.name} ({count * dtype.itemsize} bytes expected)"
+            )
+        out = np.frombuffer(t.data, dtype=dtype).reshape(shape)
+    elif t.encoding == tpb.ENCODING_AFFINE_ROW_INT8:
+        out = _decode_affine(t, shape, count)
+    else:
+        raise errors.invalid(f"tensor {t.name!r} has unknown encoding code {t.encoding}")
+    if require_finite and np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+        raise errors.invalid(f"tensor {t.name!r} contains NaN or Inf values")
+    return out
+
+
+def _decode_affine(t: tpb.Tensor, shape: tuple[int, ...], count: int) -> np.ndarray:
+    if t.dtype != tpb.DTYPE_FLOAT32:
+        raise errors.invalid(f"tensor {t.name!r}: int8 affine encoding must decode to float32")
+    rows = shape[0] if shape else 1
+    if len(t.data) != count or len(t.scale) != 4 * rows or len(t.offset) != 4 * rows:
+        raise errors.invalid(
+            f"tensor {t.name!r}: int8 affine sizes (data {len(t.data)}, scale {len(t.scale)}, "
+            f"offset {len(t.offset)} bytes) do not match shape {list(shape)}"
+        )
+    codes = np.frombuffer(t.data, dtype=np.int8).reshape(rows, count // rows if rows else 0)
+    scale = np.frombuffer(t.scale, dtype="<f4")
+    offset = np.frombuffer(t.offset, dtype="<f4")
+    out = codes.astype(np.float32)
+    out *= scale[:, None]
+    out += offset[:, None]
+    return out.reshape(shape)
+
+
+def encoded_bytes(t: tpb.Tensor) -> int:
+    """Bytes of tensor content (data + scale + offset), excluding the protobuf header."""
+    return len(t.data) + len(t.scale) + len(t.offset)
+
+
+def encode_many(arrays: Mapping[str, npt.ArrayLike], wire: WireFormat | None = None) -> list[tpb.Tensor]:
+    return [encode(name, arr, wire) for name, arr in arrays.items()]
+
+
+def decode_many(
+    tensors: Iterable[tpb.Tensor], *, max_elements: int = MAX_TENSOR_ELEMENTS, require_finite: bool = False
+) -> dict[str, np.ndarray]:
+    """Decode named tensors; a repeated name is refused."""
+    out: dict[str, np.ndarray] = {}
+    for t in tensors:
+        if t.name in out:
+            raise errors.invalid(f"tensor name {t.name!r} appears twice")
+        out[t.name] = decode(t, max_elements=max_elements, require_finite=require_finite)
+    return out

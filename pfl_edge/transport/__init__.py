@@ -1,0 +1,1 @@
+"""Transports carry frames between agents and the coordinator; none knows any algorithm."""

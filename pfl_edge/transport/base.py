@@ -1,0 +1,103 @@
+"""What every transport provides, and what the coordinator gives a server transport.
+
+A server transport delivers each whole envelope from an agent to an `Inbound` and
+sends envelopes to agents by id; a client transport is one agent's duplex link.
+Both count every frame in a `ByteMeter` at the serialized level plus their own
+per-message header. Neither looks inside a Task or Result.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from typing import Protocol
+
+from pfl_edge.accounting import ByteMeter, Direction
+from pfl_edge.framing import Received, kind_of
+from pfl_edge.v1 import messages_pb2 as pb
+
+
+class TransportClosed(Exception):
+    """The link is gone. `code` is a pfl_edge.v1.ErrorCode when the peer refused us."""
+
+    def __init__(self, reason: str, code: int = pb.ERROR_CODE_UNSPECIFIED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+    @property
+    def refused(self) -> bool:
+        """True when the peer rejected a message, as opposed to a lost connection."""
+        return self.code != pb.ERROR_CODE_UNSPECIFIED
+
+
+class Inbound(Protocol):
+    """The coordinator side of a server transport."""
+
+    def on_envelope(self, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
+        """Handle one envelope from an agent.
+
+        `peer` is the agent id the transport has established for the sender (the
+        registered stream on gRPC, the topic on MQTT) or None before registration.
+        The future yields the replies to send back on the same link, or raises
+        `Rejection` saying why the envelope was refused.
+        """
+        ...
+
+    def on_disconnect(self, agent_id: str, reason: str) -> None:
+        """The agent's link is gone (stream closed, last will)."""
+        ...
+
+
+class ServerTransport(abc.ABC):
+    """Coordinator end: serves many agents."""
+
+    name: str
+
+    @abc.abstractmethod
+    def start(self, inbound: Inbound) -> None: ...
+
+    @abc.abstractmethod
+    def send(self, agent_id: str, env: pb.Envelope) -> bool:
+        """Queue an envelope for an agent; False when the agent cannot be reached now."""
+
+    @abc.abstractmethod
+    def stop(self, grace_s: float = 1.0) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> str:
+        """Where agents connect, as a URL (grpc://host:port, mqtt://host:port)."""
+
+
+class ClientTransport(abc.ABC):
+    """Agent end: one duplex link to the coordinator."""
+
+    name: str
+
+    @abc.abstractmethod
+    def connect(self, timeout_s: float) -> None:
+        """Open the link; raises TransportClosed when the coordinator cannot be reached."""
+
+    @abc.abstractmethod
+    def send(self, env: pb.Envelope) -> None:
+        """Send one envelope (chunked as needed); raises TransportClosed."""
+
+    @abc.abstractmethod
+    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
+        """Next envelope, or None after `timeout_s`; raises TransportClosed."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def record(meter: ByteMeter, direction: Direction, received: Received) -> None:
+    """Count one received envelope with all its frames."""
+    env = received.envelope
+    meter.record(env.agent_id, env.round, direction, kind_of(env), received.wire_bytes,
+                 received.frames)
+
+
+def record_sent(meter: ByteMeter, direction: Direction, env: pb.Envelope, wire_bytes: int,
+                frames: int) -> None:
+    meter.record(env.agent_id, env.round, direction, kind_of(env), wire_bytes, frames)

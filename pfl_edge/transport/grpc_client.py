@@ -1,0 +1,117 @@
+"""gRPC client transport: the agent's one long-lived stream to the coordinator."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
+from pfl_edge.errors import Rejection
+from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.transport import grpc_common as gc
+from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
+from pfl_edge.v1 import messages_pb2 as pb
+
+_END = object()
+
+
+class GrpcClientTransport(ClientTransport):
+    name = "grpc"
+
+    def __init__(
+        self,
+        target: str,
+        meter: ByteMeter,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._target = target
+        self._meter = meter
+        self._framer = Framer(chunk_bytes)
+        self._chunk_bytes = chunk_bytes
+        self._max_message_bytes = max_message_bytes
+        self._channel: grpc.Channel | None = None
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._inbox: queue.Queue[pb.Envelope | TransportClosed] = queue.Queue()
+        self._closed: TransportClosed | None = None
+
+    def connect(self, timeout_s: float) -> None:
+        self.close()
+        self._closed = None
+        self._outbox, self._inbox = queue.Queue(), queue.Queue()
+        channel = grpc.insecure_channel(self._target, options=gc.channel_options(self._chunk_bytes))
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise TransportClosed(
+                f"coordinator at {self._target} not reachable within {timeout_s:.0f} s"
+            ) from None
+        self._channel = channel
+        call = channel.stream_stream(gc.CONNECT_METHOD)(self._requests(self._outbox))
+        threading.Thread(target=self._read, args=(call, self._inbox), daemon=True,
+                         name="grpc-reader").start()
+
+    @staticmethod
+    def _requests(outbox: queue.Queue[Any]) -> Iterator[bytes]:
+        while (item := outbox.get()) is not _END:
+            yield item
+
+    def _read(self, call: Any, inbox: queue.Queue[pb.Envelope | TransportClosed]) -> None:
+        reassembler = Reassembler(self._max_message_bytes)
+        try:
+            for raw in call:
+                frame = pb.Frame()
+                frame.ParseFromString(raw)
+                received = reassembler.feed(frame, gc.wire_bytes(raw))
+                if received is not None:
+                    record(self._meter, "down", received)
+                    inbox.put(received.envelope)
+            inbox.put(TransportClosed("coordinator closed the stream"))
+        except grpc.RpcError as err:
+            status = err.code() if hasattr(err, "code") else None
+            details = err.details() if hasattr(err, "details") else str(err)
+            name = status.name if status is not None else "UNKNOWN"
+            inbox.put(TransportClosed(f"{name}: {details}", gc.from_status(status)))
+        except Rejection as r:
+            inbox.put(TransportClosed(f"bad frame from coordinator: {r}"))
+            call.cancel()
+        except Exception as exc:  # a corrupt frame from the coordinator
+            inbox.put(TransportClosed(f"unreadable frame from coordinator: {exc}"))
+            call.cancel()
+
+    def send(self, env: pb.Envelope) -> None:
+        if self._closed is not None or self._channel is None:
+            raise self._closed or TransportClosed("not connected")
+        raws = [f.SerializeToString() for f in self._framer.frames(env)]
+        for raw in raws:
+            self._outbox.put(raw)
+        record_sent(self._meter, "up", env, sum(map(gc.wire_bytes, raws)), len(raws))
+
+    def send_raw(self, raw: bytes) -> None:
+        """Put bytes on the stream as one frame, unchecked (for tests of bad input)."""
+        self._outbox.put(raw)
+
+    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, TransportClosed):
+            self._closed = item
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._outbox.put(_END)
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None

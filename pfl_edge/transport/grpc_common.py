@@ -1,0 +1,74 @@
+"""What the gRPC server and client share: method path, channel options, status codes.
+
+Frames cross gRPC as raw bytes (no generated serializers) so that a malformed frame is
+answered with INVALID_ARGUMENT and a reason, and so that byte counts are exact.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from pfl_edge.constants import GRPC_MESSAGE_PREFIX_BYTES, KEEPALIVE_SECONDS
+from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.v1 import service_pb2
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+CONNECT_METHOD = f"/{SERVICE_NAME}/Connect"
+
+FRAME_SLACK_BYTES = 64 << 10
+"""Room above the chunk size for a frame's own header."""
+
+_TO_GRPC = {
+    pb.ERROR_CODE_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    pb.ERROR_CODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    pb.ERROR_CODE_PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    pb.ERROR_CODE_ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    pb.ERROR_CODE_FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    pb.ERROR_CODE_RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    pb.ERROR_CODE_DATA_LOSS: grpc.StatusCode.DATA_LOSS,
+    pb.ERROR_CODE_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    pb.ERROR_CODE_INTERNAL: grpc.StatusCode.INTERNAL,
+}
+_FROM_GRPC = {v: k for k, v in _TO_GRPC.items()}
+
+
+def to_status(code: int) -> grpc.StatusCode:
+    return _TO_GRPC.get(code, grpc.StatusCode.UNKNOWN)
+
+
+def from_status(status: grpc.StatusCode | None) -> int:
+    """The ErrorCode of a refusal; UNSPECIFIED for a lost connection (UNAVAILABLE etc.)."""
+    if status is None:
+        return pb.ERROR_CODE_UNSPECIFIED
+    return _FROM_GRPC.get(status, pb.ERROR_CODE_UNSPECIFIED)
+
+
+def wire_bytes(raw: bytes) -> int:
+    """Bytes one frame takes inside the HTTP/2 DATA stream: the message and its prefix."""
+    return len(raw) + GRPC_MESSAGE_PREFIX_BYTES
+
+
+def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """Client options: frames stay below the message limit; keepalive pings only."""
+    limit = chunk_bytes + FRAME_SLACK_BYTES
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", int(KEEPALIVE_SECONDS * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """Server options: accept the clients' keepalive pings, bound frame size."""
+    limit = chunk_bytes + FRAME_SLACK_BYTES
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_SECONDS * 500)),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]

@@ -1,0 +1,200 @@
+"""gRPC server transport: one long-lived bidirectional stream per agent, on which the
+coordinator pushes its messages; plus the standard gRPC health service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
+from pfl_edge.errors import Rejection
+from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.transport import grpc_common as gc
+from pfl_edge.transport.base import Inbound, ServerTransport, record, record_sent
+from pfl_edge.v1 import messages_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_CLOSE = object()
+"""Queue sentinel: end this agent's stream (a newer stream of the same agent replaced it)."""
+
+
+class GrpcServerTransport(ServerTransport):
+    name = "grpc"
+
+    def __init__(
+        self,
+        bind: str,
+        meter: ByteMeter,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._bind = bind
+        self._meter = meter
+        self._framer = Framer(chunk_bytes)
+        self._chunk_bytes = chunk_bytes
+        self._max_message_bytes = max_message_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._streams: dict[str, asyncio.Queue[Any]] = {}
+        self._inbound: Inbound | None = None
+        self._port = 0
+
+    @property
+    def address(self) -> str:
+        host = self._bind.rsplit(":", 1)[0]
+        return f"grpc://{host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self, inbound: Inbound) -> None:
+        self._inbound = inbound
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._serve_start())
+            except BaseException as exc:  # reported to start()'s caller
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="grpc-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            raise RuntimeError(f"gRPC server could not start on {self._bind}: {errors[0]}")
+        log.info("gRPC server listening on %s", self.address)
+
+    async def _serve_start(self) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1.health import aio as health_aio
+
+        server = grpc.aio.server(options=gc.server_options(self._chunk_bytes))
+        handler = grpc.method_handlers_generic_handler(
+            gc.SERVICE_NAME,
+            {"Connect": grpc.stream_stream_rpc_method_handler(self._connect)},
+        )
+        server.add_generic_rpc_handlers((handler,))
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        self._port = server.add_insecure_port(self._bind)
+        if self._port == 0:
+            raise RuntimeError(f"cannot bind {self._bind}")
+        await server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await health.set("", serving)
+        await health.set(gc.SERVICE_NAME, serving)
+        self._server = server
+
+    def send(self, agent_id: str, env: pb.Envelope) -> bool:
+        queue, loop = self._streams.get(agent_id), self._loop
+        if queue is None or loop is None:
+            return False
+        loop.call_soon_threadsafe(queue.put_nowait, self._encode(env))
+        return True
+
+    def _encode(self, env: pb.Envelope) -> list[bytes]:
+        raws = [f.SerializeToString() for f in self._framer.frames(env)]
+        record_sent(self._meter, "down", env, sum(map(gc.wire_bytes, raws)), len(raws))
+        return raws
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        loop, server = self._loop, self._server
+        if loop is None or server is None:
+            return
+        asyncio.run_coroutine_threadsafe(server.stop(grace_s), loop).result(grace_s + 5)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = None
+
+    async def _connect(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        handler = asyncio.current_task()
+        assert handler is not None
+        writer = asyncio.create_task(self._write(queue, context, handler))
+        bound: list[str] = []
+        reason = "stream ended"
+        try:
+            await self._read(queue, context, bound)
+        except asyncio.CancelledError:
+            reason = "stream cancelled"
+            raise
+        except Rejection as r:
+            reason = f"refused: {r}"
+            log.warning("refused message from %s: %s", bound or context.peer(), r)
+            await context.abort(gc.to_status(r.code), r.reason)
+        finally:
+            writer.cancel()
+            if bound and self._streams.get(bound[0]) is queue:
+                del self._streams[bound[0]]
+                assert self._inbound is not None
+                self._inbound.on_disconnect(bound[0], reason)
+
+    async def _read(
+        self, queue: asyncio.Queue[Any], context: grpc.aio.ServicerContext[Any, Any],
+        bound: list[str],
+    ) -> None:
+        """Read frames until the agent closes; `bound` gets the agent id once registered."""
+        assert self._inbound is not None
+        reassembler = Reassembler(self._max_message_bytes)
+        while True:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                return
+            frame = pb.Frame()
+            try:
+                frame.ParseFromString(raw)
+            except Exception:
+                raise Rejection(
+                    pb.ERROR_CODE_INVALID_ARGUMENT,
+                    f"malformed frame: {len(raw)} bytes that are not a pfl_edge.v1.Frame",
+                ) from None
+            received = reassembler.feed(frame, gc.wire_bytes(raw))
+            if received is None:
+                continue
+            record(self._meter, "up", received)
+            env = received.envelope
+            peer = bound[0] if bound else None
+            replies = await asyncio.wrap_future(self._inbound.on_envelope(peer, env))
+            if peer is None and env.HasField("register"):
+                bound.append(env.agent_id)
+                previous = self._streams.get(env.agent_id)
+                if previous is not None:
+                    previous.put_nowait(_CLOSE)
+                self._streams[env.agent_id] = queue
+            self._put_all(queue, replies)
+
+    def _put_all(self, queue: asyncio.Queue[Any], envs: Iterable[pb.Envelope]) -> None:
+        for env in envs:
+            queue.put_nowait(self._encode(env))
+
+    @staticmethod
+    async def _write(
+        queue: asyncio.Queue[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        handler: asyncio.Task[Any],
+    ) -> None:
+        while True:
+            item = await queue.get()
+            if item is _CLOSE:
+                handler.cancel()
+                return
+            for raw in item:
+                await context.write(raw)
