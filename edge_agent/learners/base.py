@@ -1,0 +1,100 @@
+"""Agent half of an algorithm: answers the coordinator's instructions with local work.
+
+A learner owns the agent's model and data. It gets each Task as a `TaskView` (action,
+decoded tensors, params, the round's public sample indices) and returns a `Reply`.
+It records its compute spans with `busy()`, and reports `test_acc` (accuracy on its
+own held-out split) in the last reply of every round.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from pfl_edge.values import Scalar
+
+
+@dataclass(frozen=True)
+class ClientData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class LearnerContext:
+    agent_id: str
+    model: torch.nn.Module
+    data: ClientData
+    public: np.ndarray
+    """The whole public image set (uint8, N x C x H x W), fetched once and cached."""
+    params: Mapping[str, Scalar]
+    num_classes: int
+    rng: np.random.Generator
+
+
+@dataclass(frozen=True)
+class TaskView:
+    round: int
+    phase: int
+    action: str
+    tensors: Mapping[str, np.ndarray]
+    params: Mapping[str, Scalar]
+    public_indices: np.ndarray
+    """Indices into the public set chosen for this round (empty when none)."""
+
+
+@dataclass
+class Span:
+    what: str
+    start_unix: float
+    end_unix: float
+
+
+@dataclass
+class LearnerReply:
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Learner(abc.ABC):
+    """Subclass, set `name` (the strategy's name), put the module in edge_agent/learners/."""
+
+    name: ClassVar[str]
+
+    def __init__(self, ctx: LearnerContext) -> None:
+        self.ctx = ctx
+        self.spans: list[Span] = []
+
+    @abc.abstractmethod
+    def handle(self, task: TaskView) -> LearnerReply:
+        """Do the work one instruction asks for. Unknown actions raise ValueError."""
+
+    @contextlib.contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """Record a span of local compute (training, prediction, distillation, evaluation)."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.spans.append(Span(what, start, time.time()))
+
+    def take_spans(self) -> list[Span]:
+        spans, self.spans = self.spans, []
+        return spans
+
+    # Helpers most learners share.
+
+    def p(self, key: str) -> Scalar:
+        return self.ctx.params[key]
+
+    def public_batch(self, task: TaskView) -> np.ndarray:
+        return self.ctx.public[task.public_indices]

@@ -1,0 +1,60 @@
+"""Agent side of the soft-prediction methods (FedMD, KT-pFL and its variants), in the
+order of KT-pFL's Algorithm 1: local epochs on private data, soft predictions
+softmax(z/T) on the round's public batch, then distillation towards the target the
+coordinator formed for this agent."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent import training
+from edge_agent.learners.base import Learner, LearnerReply, TaskView
+
+TRAIN_PREDICT = "train_predict"
+DISTILL = "distill"
+
+
+class DistillationLearner(Learner):
+    """Base of the soft-prediction learners; subclasses only set `name`."""
+
+    def handle(self, task: TaskView) -> LearnerReply:
+        if task.action == TRAIN_PREDICT:
+            return self.train_predict(task)
+        if task.action == DISTILL:
+            return self.distill(task)
+        raise ValueError(f"{self.name} learner cannot do {task.action!r}")
+
+    def train_predict(self, task: TaskView) -> LearnerReply:
+        model, data = self.ctx.model, self.ctx.data
+        with self.busy("train"):
+            loss = training.train_epochs(
+                model, data.x_train, data.y_train,
+                epochs=int(self.p("local_epochs")), batch_size=int(self.p("batch_size")),
+                lr=float(self.p("lr")), rng=self.ctx.rng, optimizer=str(self.p("optimizer")),
+            )
+        with self.busy("evaluate"):
+            acc = training.evaluate(model, data.x_test, data.y_test)
+        with self.busy("predict"):
+            soft = training.soft_predictions(
+                model, self.public_batch(task), temperature=float(self.p("temperature"))
+            )
+        return LearnerReply({"soft": soft}, {"train_loss": loss, "test_acc_before_distill": acc})
+
+    def distill(self, task: TaskView) -> LearnerReply:
+        target = task.tensors.get("target")
+        public = self.public_batch(task)
+        if target is None or target.shape != (len(public), self.ctx.num_classes):
+            shape = None if target is None else list(target.shape)
+            raise ValueError(f"distill needs a 'target' of shape {[len(public), self.ctx.num_classes]}"
+                             f", got {shape}")
+        with self.busy("distill"):
+            loss = training.distill(
+                self.ctx.model, public, np.asarray(target, dtype=np.float32),
+                temperature=float(self.p("temperature")), epochs=int(self.p("distill_epochs")),
+                batch_size=int(self.p("distill_batch_size")), lr=float(self.p("distill_lr")),
+                rng=self.ctx.rng, t2_scaling=bool(self.p("t2_scaling")),
+                optimizer=str(self.p("optimizer")),
+            )
+        with self.busy("evaluate"):
+            acc = training.evaluate(self.ctx.model, self.ctx.data.x_test, self.ctx.data.y_test)
+        return LearnerReply({}, {"distill_loss": loss, "test_acc": acc})
