@@ -26,8 +26,8 @@ from pfl_edge.codec import WireFormat
 TRAIN_PREDICT = "train_predict"
 DISTILL = "distill"
 
-PROBABILITY_TOLERANCE = 0.02
-"""Row sums of uploaded probabilities may differ from 1 by this much (float16/int8 wire)."""
+PROBABILITY_TOLERANCE = 0.05
+"""Row sums of uploaded probabilities may differ from 1 by this much (int8 wire: 1/255 steps)."""
 
 
 class SoftTargetStrategy(Strategy, abc.ABC):

@@ -1,0 +1,131 @@
+"""Run configuration (TOML), validated field by field with messages that say what to fix."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES, PHASE_TIMEOUT_SECONDS
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    id: str = "default"
+    algorithm: str = "fedmd"
+    rounds: int = 5
+    min_agents: int = 2
+    sample_fraction: float = 1.0
+    quorum: float = 0.5
+    """Fraction of a phase's agents whose replies let it close at the deadline."""
+    phase_timeout_s: float = PHASE_TIMEOUT_SECONDS
+    disconnect_grace_s: float = 10.0
+    """A phase stops waiting for an agent disconnected this long (once a quorum answered)."""
+    finish_timeout_s: float = 300.0
+    seed: int = 0
+    state_dir: str = "state"
+
+
+@dataclass(frozen=True)
+class PublicSection:
+    dataset: str = "mnist"
+    """"mnist" (its validation split), "animals", or a path to an .npz with key x."""
+    samples: int = 5000
+    per_round: int = 500
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    grpc: str = "127.0.0.1:50051"
+    mqtt: str = ""
+    chunk_bytes: int = CHUNK_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    public: PublicSection = field(default_factory=PublicSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    """Algorithm parameters; checked against the strategy's when the run starts."""
+
+    def __post_init__(self) -> None:
+        r, p, s = self.run, self.public, self.server
+        _check(bool(ID_PATTERN.match(r.id)), "run.id", r.id,
+               "letters, digits, '_', '.', '-' (at most 64)")
+        _check(r.rounds >= 1, "run.rounds", r.rounds, "at least 1")
+        _check(r.min_agents >= 1, "run.min_agents", r.min_agents, "at least 1")
+        _check(0 < r.sample_fraction <= 1, "run.sample_fraction", r.sample_fraction, "in (0, 1]")
+        _check(0 < r.quorum <= 1, "run.quorum", r.quorum, "in (0, 1]")
+        for name in ("phase_timeout_s", "disconnect_grace_s", "finish_timeout_s"):
+            _check(getattr(r, name) > 0, f"run.{name}", getattr(r, name), "positive")
+        _check(p.samples >= 1, "public.samples", p.samples, "at least 1")
+        _check(1 <= p.per_round <= p.samples, "public.per_round", p.per_round,
+               f"between 1 and public.samples ({p.samples})")
+        _check(p.num_classes >= 2, "public.num_classes", p.num_classes, "at least 2")
+        _check(bool(s.grpc or s.mqtt), "server", "no listener", "set server.grpc or server.mqtt")
+        _check(s.chunk_bytes >= 1024, "server.chunk_bytes", s.chunk_bytes, "at least 1024")
+        _check(s.max_message_bytes >= s.chunk_bytes, "server.max_message_bytes",
+               s.max_message_bytes, "at least server.chunk_bytes")
+
+
+def _check(ok: bool, key: str, value: object, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: must be {want}")
+
+
+def _section(cls: type[Any], table: object, name: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in [{name}]; known: {sorted(known)}")
+    defaults = cls()
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        default = getattr(defaults, key)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"{name}.{key} = {value!r} has type {type(value).__name__}, "
+                f"expected {type(default).__name__}"
+            )
+        out[key] = value
+    return cls(**out)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    unknown = sorted(set(data) - {"run", "public", "server", "algorithm"})
+    if unknown:
+        raise ConfigError(f"unknown table(s) {unknown}; known: run, public, server, algorithm")
+    algorithm = data.get("algorithm", {})
+    if not isinstance(algorithm, dict):
+        raise ConfigError("[algorithm] must be a table")
+    return RunConfig(
+        run=_section(RunSection, data.get("run", {}), "run"),
+        public=_section(PublicSection, data.get("public", {}), "public"),
+        server=_section(ServerSection, data.get("server", {}), "server"),
+        algorithm=dict(algorithm),
+    )
+
+
+def load(path: Path) -> RunConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return from_dict(data)

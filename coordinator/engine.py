@@ -1,0 +1,469 @@
+"""The coordinator's round engine: registers agents, samples them, runs each round's
+phases through the strategy, enforces deadlines and quorums, and persists every
+completed round. One thread owns all run state; transports hand it envelopes through
+a queue and get each verdict back as a future, so a refused message changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coordinator.config import ID_PATTERN, RunConfig
+from coordinator.public import PublicSet
+from coordinator.store import Store
+from coordinator.strategies.base import AgentInfo, Instruction, Reply, RunContext, Strategy
+from pfl_edge import codec, errors, public_data
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.errors import Rejection
+from pfl_edge.framing import kind_of
+from pfl_edge.transport.base import Inbound, ServerTransport
+from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.values import Scalar, to_values
+
+log = logging.getLogger("pfl_edge.coordinator")
+
+FINISH = "finish"
+"""Framework action after the last round: export the model, report final metrics."""
+
+
+@dataclass
+class AgentRecord:
+    info: AgentInfo
+    transport: str
+    device: dict[str, Any]
+    connected: bool = False
+    disconnected_at: float = 0.0
+
+
+@dataclass
+class Phase:
+    round: int
+    index: int
+    started: float
+    deadline: float
+    tasks: dict[str, pb.Envelope]
+    replies: dict[str, Reply] = field(default_factory=dict)
+    busy: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[str]:
+        return [a for a in self.tasks if a not in self.replies]
+
+
+class Engine:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        strategy_cls: type[Strategy],
+        params: Mapping[str, Scalar],
+        public: PublicSet,
+        store: Store,
+        meter: ByteMeter,
+    ) -> None:
+        self.cfg = cfg
+        self.params = dict(params)
+        self.public = public
+        self.store = store
+        self.meter = meter
+        self.strategy = strategy_cls(
+            RunContext(params, cfg.public.num_classes, cfg.public.per_round, cfg.run.seed)
+        )
+        self.transports: dict[str, ServerTransport] = {}
+        self.agents: dict[str, AgentRecord] = {}
+        self.completed_rounds = 0
+        self.phase: Phase | None = None
+        self.round_started = 0.0
+        self.round_busy: list[tuple[float, float]] = []
+        self.round_metrics: dict[str, dict[str, float]] = {}
+        self.tensor_bytes: dict[int, list[int]] = {}
+        self.done = threading.Event()
+        self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._seq = 0
+        self._waiting_logged = -1
+        self._resume()
+
+    # Transport side (any thread).
+
+    def attach(self, transport: ServerTransport) -> Inbound:
+        self.transports[transport.name] = transport
+        return _Inbound(self, transport.name)
+
+    def submit(self, transport: str, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
+        fut: Future[list[pb.Envelope]] = Future()
+        self._events.put(("envelope", transport, peer, env, fut))
+        return fut
+
+    def disconnected(self, agent_id: str, reason: str) -> None:
+        self._events.put(("disconnect", agent_id, reason))
+
+    def stop(self) -> None:
+        self._events.put(("stop",))
+
+    # Engine thread.
+
+    def run(self) -> None:
+        """Serve until the run is finished (or `stop`)."""
+        log.info("run %s: %s, %d rounds, waiting for %d agents", self.cfg.run.id,
+                 self.cfg.run.algorithm, self.cfg.run.rounds, self.cfg.run.min_agents)
+        while not self.done.is_set():
+            try:
+                event = self._events.get(timeout=self._wait_s())
+            except queue.Empty:
+                event = None
+            if event is not None:
+                if event[0] == "stop":
+                    break
+                self._handle(event)
+            self._advance()
+
+    def _wait_s(self) -> float:
+        if self.phase is None:
+            return 1.0
+        return max(0.01, min(1.0, self.phase.deadline - time.time()))
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        if event[0] == "disconnect":
+            rec = self.agents.get(event[1])
+            if rec is not None:
+                rec.connected, rec.disconnected_at = False, time.time()
+                log.info("agent %s disconnected (%s)", event[1], event[2])
+            return
+        _, transport, peer, env, fut = event
+        try:
+            fut.set_result(self._dispatch(transport, peer, env))
+        except Rejection as r:
+            log.warning("refused %s from %s: %s", kind_of(env), peer or env.agent_id or "?", r)
+            fut.set_exception(r)
+        except Exception as exc:
+            log.exception("internal error on %s from %s", kind_of(env), env.agent_id)
+            fut.set_exception(Rejection(pb.ERROR_CODE_INTERNAL, f"coordinator error: {exc}"))
+
+    def _dispatch(self, transport: str, peer: str | None, env: pb.Envelope) -> list[pb.Envelope]:
+        kind = kind_of(env)
+        if kind == "register":
+            return self._register(transport, peer, env)
+        rec = self._authenticate(peer, env)
+        if kind == "public_data_request":
+            if env.public_data_request.sha256 not in ("", self.public.info.sha256):
+                raise errors.invalid(
+                    f"public data {env.public_data_request.sha256[:12]} is not this run's "
+                    f"({self.public.info.sha256[:12]})"
+                )
+            self._count_tensor(0, down=codec.encoded_bytes(self.public.tensor))
+            return [self._envelope(rec.info.agent_id, 0, public_data=pb.PublicData(
+                info=self.public.info, images=self.public.tensor))]
+        if kind == "result":
+            self._accept(rec, env)
+            return []
+        if kind == "metrics":
+            return []
+        raise errors.invalid(f"agents may not send {kind!r} messages")
+
+    def _authenticate(self, peer: str | None, env: pb.Envelope) -> AgentRecord:
+        rec = self.agents.get(env.agent_id)
+        if peer is None:
+            if rec is None:
+                raise Rejection(pb.ERROR_CODE_NOT_FOUND,
+                                f"unknown agent {env.agent_id!r}: send Register first")
+            raise Rejection(pb.ERROR_CODE_UNAUTHENTICATED,
+                            "this connection has not registered: send Register first")
+        if peer != env.agent_id:
+            raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED,
+                            f"agent {peer!r} may not send for agent {env.agent_id!r}")
+        if rec is None:
+            raise Rejection(pb.ERROR_CODE_NOT_FOUND,
+                            f"unknown agent {env.agent_id!r}: send Register first")
+        return rec
+
+    def _register(self, transport: str, peer: str | None, env: pb.Envelope) -> list[pb.Envelope]:
+        agent_id, reg = env.agent_id, env.register
+        if not ID_PATTERN.match(agent_id):
+            raise errors.invalid(f"agent id {agent_id!r} must be 1-64 letters, digits, '_.-'")
+        if peer is not None and peer != agent_id:
+            raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED,
+                            f"agent {peer!r} may not register as {agent_id!r}")
+        want_shape = list(self.public.info.sample_shape)
+        if list(reg.model.input_shape) != want_shape:
+            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
+                            f"model input shape {list(reg.model.input_shape)} does not fit this "
+                            f"run's data {want_shape}")
+        if reg.model.num_classes != self.cfg.public.num_classes:
+            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
+                            f"model has {reg.model.num_classes} classes, this run "
+                            f"{self.cfg.public.num_classes}")
+        if reg.num_train_samples == 0 or reg.model.parameter_count == 0:
+            raise errors.invalid("registration needs num_train_samples and parameter_count > 0")
+        info = AgentInfo(agent_id, reg.model.architecture, reg.model.parameter_count,
+                         reg.num_train_samples, reg.model.num_classes)
+        device = {"cpu_arch": reg.device.cpu_arch, "cpu_cores": reg.device.cpu_cores,
+                  "memory_bytes": reg.device.memory_bytes,
+                  "accelerator": reg.device.accelerator, "hostname": reg.device.hostname,
+                  "num_test_samples": reg.num_test_samples}
+        known = agent_id in self.agents
+        self.agents[agent_id] = AgentRecord(info, transport, device, connected=True)
+        self.store.save_agent(agent_id, {**info.__dict__, **device}, transport)
+        log.info("agent %s %s (%s, %d params, %d samples) over %s",
+                 agent_id, "reconnected" if known else "registered", info.architecture,
+                 info.parameter_count, info.num_train_samples, transport)
+        replies = [self._envelope(agent_id, self.completed_rounds, run_config=self._run_config())]
+        if self.done.is_set():
+            replies.append(self._envelope(agent_id, 0, shutdown=pb.Shutdown(reason="run finished")))
+        elif self.phase is not None and agent_id in self.phase.missing:
+            replies.append(self.phase.tasks[agent_id])
+        return replies
+
+    def _run_config(self) -> pb.RunConfig:
+        return pb.RunConfig(
+            algorithm=self.cfg.run.algorithm,
+            total_rounds=self.cfg.run.rounds,
+            completed_rounds=self.completed_rounds,
+            public_data=self.public.info,
+            params=to_values(self.params),
+            chunk_bytes=self.cfg.server.chunk_bytes,
+            max_message_bytes=self.cfg.server.max_message_bytes,
+        )
+
+    def _accept(self, rec: AgentRecord, env: pb.Envelope) -> None:
+        phase, res, agent_id = self.phase, env.result, env.agent_id
+        if phase is None or env.round != phase.round or res.phase != phase.index:
+            where = "no phase is open" if phase is None else (
+                f"the open phase is round {phase.round} phase {phase.index}")
+            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
+                            f"round {env.round} phase {res.phase} is closed: {where}")
+        if agent_id not in phase.tasks:
+            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
+                            f"agent {agent_id} has no task in round {env.round} phase {res.phase}")
+        if agent_id in phase.replies:
+            raise Rejection(pb.ERROR_CODE_ALREADY_EXISTS,
+                            f"duplicate upload: {agent_id} already answered round {env.round} "
+                            f"phase {res.phase}")
+        action = phase.tasks[agent_id].task.action
+        if res.action != action:
+            raise errors.invalid(f"result is for action {res.action!r}, the task was {action!r}")
+        tensors = codec.decode_many(res.tensors, require_finite=True)
+        reply = Reply(action, tensors, dict(res.metrics))
+        if phase.round <= self.cfg.run.rounds:
+            self.strategy.validate(phase.round, phase.index, rec.info, reply)
+        phase.replies[agent_id] = reply
+        phase.busy.extend((b.start_unix, b.end_unix) for b in res.busy)
+        self._count_tensor(phase.round, up=sum(codec.encoded_bytes(t) for t in res.tensors))
+        if action == FINISH:
+            self.store.save_final(agent_id, reply.metrics)
+        else:
+            self.round_metrics.setdefault(agent_id, {}).update(reply.metrics)
+
+    # Round progression.
+
+    def _advance(self) -> None:
+        if self.phase is None:
+            if self.completed_rounds < self.cfg.run.rounds:
+                self._maybe_start_round()
+            elif not self.done.is_set():
+                self._start_finish()
+            return
+        phase, now = self.phase, time.time()
+        need = max(1, math.ceil(self.cfg.run.quorum * len(phase.tasks)))
+        if phase.round > self.cfg.run.rounds:
+            need = 0
+        gone = all(
+            not self.agents[a].connected
+            and now - self.agents[a].disconnected_at >= self.cfg.run.disconnect_grace_s
+            for a in phase.missing
+        )
+        if not phase.missing or (len(phase.replies) >= need and (gone or now >= phase.deadline)):
+            self._close_phase(phase)
+        elif now >= phase.deadline:
+            log.warning("round %d phase %d: %d of %d answered by the deadline, quorum is %d; "
+                        "restarting the round", phase.round, phase.index, len(phase.replies),
+                        len(phase.tasks), need)
+            self.phase = None
+
+    def _maybe_start_round(self) -> None:
+        eligible = sorted(a for a, r in self.agents.items() if r.connected)
+        if len(eligible) < self.cfg.run.min_agents:
+            if len(eligible) != self._waiting_logged:
+                log.info("waiting for agents: %d of %d connected", len(eligible),
+                         self.cfg.run.min_agents)
+                self._waiting_logged = len(eligible)
+            return
+        rnd = self.completed_rounds + 1
+        rng = np.random.default_rng([self.cfg.run.seed, rnd])
+        k = max(1, math.ceil(self.cfg.run.sample_fraction * len(eligible)))
+        chosen = sorted(str(a) for a in rng.choice(eligible, size=k, replace=False))
+        self.round_started, self.round_busy, self.round_metrics = time.time(), [], {}
+        instructions = self.strategy.begin_round(rnd, [self.agents[a].info for a in chosen])
+        self._open_phase(rnd, 0, instructions)
+
+    def _open_phase(self, rnd: int, index: int, instructions: Mapping[str, Instruction]) -> None:
+        sel = public_data.selection(
+            self.public.num_samples, _round_seed(self.cfg.run.seed, rnd), self.cfg.public.per_round
+        )
+        now = time.time()
+        tasks = {a: self._task(a, rnd, index, ins, sel) for a, ins in instructions.items()}
+        self.phase = Phase(rnd, index, now, now + self.cfg.run.phase_timeout_s, tasks)
+        for agent_id, env in tasks.items():
+            self._send(agent_id, env)
+
+    def _task(self, agent_id: str, rnd: int, index: int, ins: Instruction,
+              sel: pb.PublicSelection) -> pb.Envelope:
+        tensors = codec.encode_many(ins.tensors, ins.wire)
+        self._count_tensor(rnd, down=sum(map(codec.encoded_bytes, tensors)))
+        task = pb.Task(phase=index, action=ins.action, public=sel, params=to_values(ins.params),
+                       tensors=tensors)
+        return self._envelope(agent_id, rnd, task=task)
+
+    def _send(self, agent_id: str, env: pb.Envelope) -> None:
+        rec = self.agents[agent_id]
+        transport = self.transports.get(rec.transport)
+        if transport is None or not transport.send(agent_id, env):
+            log.info("agent %s unreachable now; its task waits for its reconnect", agent_id)
+
+    def _close_phase(self, phase: Phase) -> None:
+        self.phase = None
+        self.round_busy.extend(phase.busy)
+        if phase.round > self.cfg.run.rounds:
+            self._finish(phase)
+            return
+        late = phase.missing
+        if late:
+            log.warning("round %d phase %d closed without %s", phase.round, phase.index, late)
+        nxt = self.strategy.end_phase(phase.round, phase.index, phase.replies)
+        if nxt:
+            self._open_phase(phase.round, phase.index + 1, nxt)
+        else:
+            self._complete_round(phase.round)
+
+    def _complete_round(self, rnd: int) -> None:
+        end = time.time()
+        wall = end - self.round_started
+        busy = _union_within(self.round_busy, self.round_started, end)
+        accs = [m["test_acc"] for m in self.round_metrics.values() if "test_acc" in m]
+        before = [m["test_acc_before_distill"] for m in self.round_metrics.values()
+                  if "test_acc_before_distill" in m]
+        tensor_up, tensor_down = self.tensor_bytes.get(rnd, [0, 0])
+        metrics: dict[str, Any] = {
+            "round": rnd,
+            "participants": len(self.round_metrics),
+            "mean_test_acc": float(np.mean(accs)) if accs else None,
+            "mean_test_acc_before_distill": float(np.mean(before)) if before else None,
+            "bytes_up": self.meter.total(round_=rnd, direction="up"),
+            "bytes_down": self.meter.total(round_=rnd, direction="down"),
+            "tensor_bytes_up": tensor_up,
+            "tensor_bytes_down": tensor_down,
+            "wall_s": wall,
+            "busy_s": busy,
+            "orchestration_s": max(0.0, wall - busy),
+            "strategy": self.strategy.summary(),
+        }
+        self.store.complete_round(rnd, metrics, self.strategy.state(), self.round_metrics,
+                                  self.meter.rows())
+        self.completed_rounds = rnd
+        n = max(1, metrics["participants"])
+        acc = metrics["mean_test_acc"]
+        log.info("round %d/%d done: mean test acc %s over %d agents, up %.1f KB/agent, "
+                 "down %.1f KB/agent, %.1f s (%.0f%% orchestration)", rnd, self.cfg.run.rounds,
+                 "n/a" if acc is None else f"{acc:.4f}", n, metrics["bytes_up"] / n / 1e3,
+                 metrics["bytes_down"] / n / 1e3, wall, 100 * metrics["orchestration_s"] / wall)
+
+    def _start_finish(self) -> None:
+        connected = sorted(a for a, r in self.agents.items() if r.connected)
+        finals = self.store.finals()
+        todo = [a for a in connected if a not in finals]
+        if not todo:
+            self._finish(None)
+            return
+        log.info("all %d rounds done; asking %d agents to export their models",
+                 self.cfg.run.rounds, len(todo))
+        rnd = self.cfg.run.rounds + 1
+        self.round_started, self.round_busy = time.time(), []
+        now = time.time()
+        tasks = {a: self._envelope(a, rnd, task=pb.Task(phase=0, action=FINISH)) for a in todo}
+        self.phase = Phase(rnd, 0, now, now + self.cfg.run.finish_timeout_s, tasks)
+        for agent_id, env in tasks.items():
+            self._send(agent_id, env)
+
+    def _finish(self, phase: Phase | None) -> None:
+        if phase is not None and phase.missing:
+            log.warning("no final report from %s", phase.missing)
+        self.store.set_meta("finished_at", str(time.time()))
+        for agent_id, rec in self.agents.items():
+            if rec.connected:
+                self._send(agent_id, self._envelope(agent_id, 0,
+                                                    shutdown=pb.Shutdown(reason="run finished")))
+        log.info("run %s finished", self.cfg.run.id)
+        self.done.set()
+
+    # Helpers.
+
+    def _envelope(self, agent_id: str, rnd: int, **body: Any) -> pb.Envelope:
+        self._seq += 1
+        return pb.Envelope(agent_id=agent_id, run_id=self.cfg.run.id, round=rnd, seq=self._seq,
+                           **body)
+
+    def _count_tensor(self, rnd: int, *, up: int = 0, down: int = 0) -> None:
+        counts = self.tensor_bytes.setdefault(rnd, [0, 0])
+        counts[0] += up
+        counts[1] += down
+
+    def _resume(self) -> None:
+        for agent_id, (info, transport) in self.store.agents().items():
+            self.agents[agent_id] = AgentRecord(
+                AgentInfo(agent_id, info["architecture"], info["parameter_count"],
+                          info["num_train_samples"], info["num_classes"]),
+                transport, {k: info[k] for k in info if k not in AgentInfo.__dataclass_fields__},
+            )
+        row = self.store.last_round()
+        if row is None:
+            return
+        self.strategy.load_state(self.store.load_state(row))
+        self.meter.load_rows(self.store.byte_rows())
+        self.completed_rounds = row.round
+        for r in self.store.rounds():
+            self.tensor_bytes[r.round] = [r.metrics["tensor_bytes_up"],
+                                          r.metrics["tensor_bytes_down"]]
+        log.info("resuming run %s after round %d (%d agents known)", self.cfg.run.id, row.round,
+                 len(self.agents))
+
+
+class _Inbound:
+    """The Inbound one transport talks to; tags each envelope with the transport's name."""
+
+    def __init__(self, engine: Engine, transport: str) -> None:
+        self._engine, self._transport = engine, transport
+
+    def on_envelope(self, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
+        return self._engine.submit(self._transport, peer, env)
+
+    def on_disconnect(self, agent_id: str, reason: str) -> None:
+        self._engine.disconnected(agent_id, reason)
+
+
+def _round_seed(seed: int, rnd: int) -> int:
+    return int(np.random.default_rng([seed, rnd, 0x5EED]).integers(2**62))
+
+
+def _union_within(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Length of the union of spans, clipped to [start, end]."""
+    total, cur_a, cur_b = 0.0, None, None
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in spans):
+        if b <= a:
+            continue
+        if cur_b is None or a > cur_b:
+            if cur_a is not None and cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total
