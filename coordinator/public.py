@@ -24,12 +24,12 @@ class PublicSet:
 
 def load_images(dataset: str, samples: int) -> tuple[str, np.ndarray]:
     """(name, uint8 images N x C x H x W) of the configured public set, first `samples`."""
-    from pfl_edge.data import fetch
+    from pfl_edge.data.fetch import load
 
     if dataset == "mnist":
-        images = fetch.load("mnist")["x_valid"]
+        images = load("mnist")["x_valid"]
     elif dataset == "animals":
-        images = fetch.load("animals")["x"]
+        images = load("animals")["x"]
     else:
         path = Path(dataset)
         if not path.is_file():

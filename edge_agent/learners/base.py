@@ -18,15 +18,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from pfl_edge.data.partition import ClientData
 from pfl_edge.values import Scalar
-
-
-@dataclass(frozen=True)
-class ClientData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,9 @@
+"""TopK-pFL learner: distils towards the personalized target the coordinator formed."""
+
+from __future__ import annotations
+
+from edge_agent.learners.distillation import DistillationLearner
+
+
+class TopKPFLLearner(DistillationLearner):
+    name = "topk-pfl"

@@ -1,0 +1,286 @@
+"""The edge agent: registers, fetches the public set once, runs the coordinator's tasks
+with its learner, reconnects with backoff when the coordinator is away, and at the end
+exports its personalized model to ONNX."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_agent import learners, training
+from edge_agent.learners.base import Learner, LearnerContext, LearnerReply, TaskView
+from edge_agent.models import build_model, parameter_count
+from edge_agent.onnx_export import export_onnx
+from pfl_edge import codec, public_data
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.data._npz import load_npz_arrays, save_npz_atomic
+from pfl_edge.data.fetch import default_cache_dir
+from pfl_edge.data.partition import ClientData, load_client
+from pfl_edge.errors import Rejection
+from pfl_edge.framing import kind_of
+from pfl_edge.retry import retry
+from pfl_edge.transport.base import ClientTransport, TransportClosed
+from pfl_edge.transport.factory import client_for
+from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.values import from_values
+
+log = logging.getLogger("pfl_edge.agent")
+
+FINISH = "finish"
+FATAL_CODES = {
+    pb.ERROR_CODE_INVALID_ARGUMENT,
+    pb.ERROR_CODE_PERMISSION_DENIED,
+    pb.ERROR_CODE_UNAUTHENTICATED,
+    pb.ERROR_CODE_FAILED_PRECONDITION,
+}
+"""Refusals that a reconnect cannot fix: the agent stops and says why."""
+
+
+class AgentStopped(Exception):
+    """The coordinator refused this agent for good."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    agent_id: str
+    coordinator: str
+    model: str
+    data: Path
+    out_dir: Path
+    run_id: str = "default"
+    """Names the run on a shared broker (MQTT topics); gRPC ignores it."""
+    cache_dir: Path | None = None
+    num_classes: int = 10
+    seed: int = 0
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default."""
+    connect_timeout_s: float = 10.0
+    give_up_after_s: float = 600.0
+    """Stop retrying a connection after this long without the coordinator."""
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        seed = int.from_bytes(hashlib.sha256(f"{opts.seed}:{opts.agent_id}".encode()).digest()[:4],
+                              "little")
+        training.seed_everything(seed)
+        self.rng = np.random.default_rng(seed)
+        self.data: ClientData = load_client(opts.data)
+        shape = self.data.x_train.shape[1:]
+        self.input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+        self.model = build_model(opts.model, self.input_shape, opts.num_classes)
+        self.meter = ByteMeter()
+        self.cache_dir = (opts.cache_dir or default_cache_dir()) / "public"
+        self.learner: Learner | None = None
+        self.run_config: pb.RunConfig | None = None
+        self.public: np.ndarray | None = None
+        self.pending: list[pb.Envelope] = []
+        self.sent: dict[tuple[int, int], pb.Envelope] = {}
+        self.transport: ClientTransport | None = None
+        self.final: dict[str, float] = {}
+        self._seq = 0
+
+    def run(self) -> dict[str, float]:
+        """Take part until the coordinator shuts the run down; returns the final metrics."""
+        log.info("agent %s: %s (%d params), %d train / %d test samples, coordinator %s",
+                 self.opts.agent_id, self.opts.model, parameter_count(self.model),
+                 len(self.data.x_train), len(self.data.x_test), self.opts.coordinator)
+        while True:
+            try:
+                self._session()
+                return self.final
+            except TransportClosed as exc:
+                if exc.refused and exc.code in FATAL_CODES:
+                    raise AgentStopped(f"coordinator refused this agent: {exc.reason}") from exc
+                log.warning("connection lost (%s); reconnecting", exc.reason)
+
+    def _session(self) -> None:
+        """One connection, until the run is over. Raises TransportClosed."""
+        t = client_for(self.opts.coordinator, self.meter, agent_id=self.opts.agent_id,
+                       run_id=self.opts.run_id)
+        self.transport = t
+        try:
+            retry(lambda: t.connect(self.opts.connect_timeout_s), retry_on=(TransportClosed,),
+                  deadline_s=self.opts.give_up_after_s, on_retry=self._on_retry)
+            self._send(0, register=self._registration())
+            while True:
+                env = t.recv(None)
+                if env is not None and self._handle(env):
+                    return
+        finally:
+            t.close()
+
+    @staticmethod
+    def _on_retry(exc: BaseException, delay: float) -> None:
+        log.warning("%s; retrying in %.1f s", exc, delay)
+
+    def _registration(self) -> pb.Register:
+        cached = self.run_config.public_data.sha256 if self.public is not None and \
+            self.run_config is not None else ""
+        return pb.Register(
+            device=device_profile(),
+            model=pb.ModelInfo(architecture=self.opts.model,
+                               parameter_count=parameter_count(self.model),
+                               input_shape=list(self.input_shape),
+                               num_classes=self.opts.num_classes),
+            num_train_samples=len(self.data.x_train),
+            num_test_samples=len(self.data.x_test),
+            public_data_sha256=cached,
+        )
+
+    def _handle(self, env: pb.Envelope) -> bool:
+        kind = kind_of(env)
+        if kind == "run_config":
+            self._configure(env.run_config)
+        elif kind == "public_data":
+            self._store_public(env.public_data)
+            pending, self.pending = self.pending, []
+            for task_env in pending:
+                self._task(task_env)
+        elif kind == "task":
+            if self.learner is None:
+                self.pending.append(env)
+            else:
+                self._task(env)
+        elif kind == "error":
+            log.error("coordinator refused a message: %s", env.error.message)
+        elif kind == "shutdown":
+            log.info("coordinator ended the run: %s", env.shutdown.reason)
+            return True
+        return False
+
+    def _configure(self, cfg: pb.RunConfig) -> None:
+        self.run_config = cfg
+        info = cfg.public_data
+        if self.public is None:
+            self.public = self._cached_public(info)
+        if self.public is None:
+            log.info("fetching public set %s (%.1f MB) once", info.name, info.size_bytes / 1e6)
+            self._send(0, public_data_request=pb.PublicDataRequest(sha256=info.sha256))
+        else:
+            self._make_learner()
+        log.info("run: %s, %d of %d rounds done", cfg.algorithm, cfg.completed_rounds,
+                 cfg.total_rounds)
+
+    def _cached_public(self, info: pb.PublicDataInfo) -> np.ndarray | None:
+        path = self.cache_dir / f"{info.sha256}.npz"
+        if not path.exists():
+            return None
+        images = load_npz_arrays(path, ["images"])["images"]
+        _, tensor = public_data.info_for(info.name, images)
+        if public_data.images_sha256(tensor) != info.sha256:
+            log.warning("cached public set %s is corrupt; fetching it again", path)
+            return None
+        return images
+
+    def _store_public(self, msg: pb.PublicData) -> None:
+        assert self.run_config is not None
+        want = self.run_config.public_data.sha256
+        got = public_data.images_sha256(msg.images)
+        if got != want or msg.info.sha256 != want:
+            raise TransportClosed(f"public set hash {got[:12]} does not match {want[:12]}")
+        images = codec.decode(msg.images)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        save_npz_atomic(self.cache_dir / f"{want}.npz", {"images": np.asarray(images)})
+        self.public = np.asarray(images)
+        log.info("public set verified (sha256 %s) and cached", want[:12])
+        self._make_learner()
+
+    def _make_learner(self) -> None:
+        if self.learner is not None or self.run_config is None or self.public is None:
+            return
+        cls = learners.get(self.run_config.algorithm)
+        self.learner = cls(LearnerContext(
+            agent_id=self.opts.agent_id, model=self.model, data=self.data, public=self.public,
+            params=from_values(self.run_config.params), num_classes=self.opts.num_classes,
+            rng=self.rng,
+        ))
+
+    def _task(self, env: pb.Envelope) -> None:
+        task = env.task
+        key = (env.round, task.phase)
+        if key in self.sent:
+            log.info("round %d phase %d asked again; resending the answer", *key)
+            assert self.transport is not None
+            self.transport.send(self.sent[key])
+            return
+        assert self.learner is not None and self.public is not None
+        if task.action == FINISH:
+            reply = self._finish()
+            spans = []
+        else:
+            try:
+                view = TaskView(
+                    round=env.round, phase=task.phase, action=task.action,
+                    tensors=codec.decode_many(task.tensors, require_finite=True),
+                    params=from_values(task.params),
+                    public_indices=public_data.resolve(task.public, len(self.public)),
+                )
+            except Rejection as r:
+                log.error("round %d: unusable task from the coordinator: %s", env.round, r)
+                return
+            reply = self.learner.handle(view)
+            spans = self.learner.take_spans()
+        wire = str(self.learner.ctx.params.get("wire", "float32"))
+        result = pb.Result(
+            phase=task.phase, action=task.action,
+            tensors=codec.encode_many(reply.tensors, wire),  # type: ignore[arg-type]
+            metrics=reply.metrics,
+            busy=[pb.Interval(what=s.what, start_unix=s.start_unix, end_unix=s.end_unix)
+                  for s in spans],
+        )
+        self._send(env.round, remember=key, result=result)
+        acc = reply.metrics.get("test_acc")
+        if acc is not None:
+            log.info("round %d: test accuracy %.4f", env.round, acc)
+
+    def _finish(self) -> LearnerReply:
+        start = time.time()
+        acc = training.evaluate(self.model, self.data.x_test, self.data.y_test)
+        self.opts.out_dir.mkdir(parents=True, exist_ok=True)
+        rep = export_onnx(self.model, self.input_shape, self.opts.out_dir / "model.onnx",
+                          check_samples=self.data.x_test[:64])
+        log.info("exported %s (%d bytes); onnxruntime vs torch max abs diff %.2e",
+                 rep.path, rep.file_bytes, rep.max_abs_diff)
+        self.final = {
+            "final_test_acc": acc,
+            "onnx_max_abs_diff": rep.max_abs_diff,
+            "onnx_bytes": float(rep.file_bytes),
+            "export_s": time.time() - start,
+            "agent_bytes_up": float(self.meter.total(direction="up")),
+            "agent_bytes_down": float(self.meter.total(direction="down")),
+        }
+        return LearnerReply({}, dict(self.final))
+
+    def _send(self, rnd: int, remember: tuple[int, int] | None = None, **body: object) -> None:
+        """Send one envelope; `remember` keeps it to answer a repeated task after a reconnect."""
+        assert self.transport is not None
+        self._seq += 1
+        env = pb.Envelope(agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=rnd,
+                          seq=self._seq, **body)  # type: ignore[arg-type]
+        if remember is not None:
+            self.sent[remember] = env
+        self.transport.send(env)
+
+
+def device_profile() -> pb.DeviceProfile:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return pb.DeviceProfile(cpu_arch=platform.machine(), cpu_cores=os.cpu_count() or 0,
+                            memory_bytes=memory, accelerator=accelerator,
+                            hostname=socket.gethostname())

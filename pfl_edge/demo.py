@@ -1,0 +1,176 @@
+"""`pfl-edge demo`: a whole run on one machine, every party its own OS process.
+
+The agents reach the coordinator through a counting TCP proxy, so the report can set
+the socket-level byte count beside the coordinator's own accounting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pfl_edge.netproxy import CountingProxy, free_port
+
+log = logging.getLogger("pfl_edge.demo")
+
+LOG_TAIL_LINES = 15
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.transport != "grpc":
+        raise ValueError("--transport mqtt is not available yet; use --transport grpc")
+    from pfl_edge.cli import write_partitions
+
+    out: Path = args.out
+    state = out / "state"
+    if state.exists():
+        log.info("removing the previous demo state in %s", state)
+        shutil.rmtree(state)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    log.info("partitioning MNIST for %d agents (%s, %d samples each)", args.agents,
+             args.noniid, args.samples_per_agent)
+    paths = write_partitions(args, out / "data")
+    port = free_port()
+    config = out / "coordinator.toml"
+    config.write_text(_config_toml(args, port, state))
+    proxy = CountingProxy(("127.0.0.1", port)).start()
+    log.info("coordinator on grpc://127.0.0.1:%d, agents connect through a counting proxy "
+             "on port %d", port, proxy.port)
+    procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    try:
+        coord_log = out / "logs" / "coordinator.log"
+        coordinator = _spawn(
+            [sys.executable, "-m", "coordinator.cli", "serve", "--config", str(config),
+             "--report-dir", str(out)], coord_log, echo=True)
+        procs.append(("coordinator", coordinator, coord_log))
+        models = [m for m in args.models.split(",") if m]
+        for i, path in enumerate(paths):
+            agent_id = f"agent-{i:02d}"
+            agent_log = out / "logs" / f"{agent_id}.log"
+            cmd = [sys.executable, "-m", "edge_agent.cli", "run",
+                   "--coordinator", f"grpc://127.0.0.1:{proxy.port}",
+                   "--model", models[i % len(models)], "--data", str(path),
+                   "--agent-id", agent_id, "--out", str(out / "agents" / agent_id),
+                   "--cache-dir", str(out / "cache"), "--threads", "1", "--seed", str(args.seed)]
+            procs.append((agent_id, _spawn(cmd, agent_log), agent_log))
+        rc = _wait(procs, args.timeout)
+    finally:
+        for _, p, _ in procs:
+            if p.poll() is None:
+                p.kill()
+        proxy.stop()
+    if rc != 0:
+        return rc
+    report_path = out / "report.json"
+    report = json.loads(report_path.read_text())
+    _add_socket_counts(report, proxy)
+    report_path.write_text(json.dumps(report, indent=2))
+    _summary(report, out)
+    return 0
+
+
+def _config_toml(args: argparse.Namespace, port: int, state: Path) -> str:
+    return f"""[run]
+id = "demo"
+algorithm = "{args.algorithm}"
+rounds = {args.rounds}
+min_agents = {args.agents}
+seed = {args.seed}
+state_dir = "{state}"
+
+[public]
+dataset = "mnist"
+samples = {args.public_samples}
+per_round = {args.public_per_round}
+
+[server]
+grpc = "127.0.0.1:{port}"
+
+[algorithm]
+local_epochs = {args.local_epochs}
+wire = "{args.wire}"
+seed = {args.seed}
+"""
+
+
+def _spawn(cmd: list[str], log_path: Path, echo: bool = False) -> subprocess.Popen[bytes]:
+    """Start a process logging to `log_path`; with `echo` its lines also go to stderr
+    (the coordinator's log is the demo's live progress)."""
+    if not echo:
+        with log_path.open("wb") as f:
+            return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    threading.Thread(target=_tee, args=(proc, log_path), daemon=True).start()
+    return proc
+
+
+def _tee(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    assert proc.stdout is not None
+    with log_path.open("wb") as f:
+        for line in proc.stdout:
+            f.write(line)
+            f.flush()
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+
+
+def _wait(procs: list[tuple[str, subprocess.Popen[bytes], Path]], timeout: float) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        codes = {name: p.poll() for name, p, _ in procs}
+        failed = [n for n, c in codes.items() if c not in (None, 0)]
+        if failed:
+            for name, _, path in procs:
+                if name in failed:
+                    tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                    log.error("%s failed (exit %s); last lines of %s:\n%s", name, codes[name],
+                              path, "\n".join(tail))
+            return 1
+        if all(c == 0 for c in codes.values()):
+            return 0
+        time.sleep(0.5)
+    log.error("demo did not finish within %.0f s; logs are in %s", timeout,
+              procs[0][2].parent)
+    return 1
+
+
+def _add_socket_counts(report: dict[str, Any], proxy: CountingProxy) -> None:
+    counts = proxy.counts()
+    final = report["final"]
+    final["socket_bytes_up"] = counts.up
+    final["socket_bytes_down"] = counts.down
+    tensor = final.get("tensor_bytes") or 0
+    final["wire_overhead"] = (counts.up + counts.down) / tensor if tensor else None
+    final["accounting_vs_socket"] = final["accounted_bytes"] / (counts.up + counts.down) \
+        if counts.up + counts.down else None
+
+
+def _summary(report: dict[str, Any], out: Path) -> None:
+    f = report["final"]
+    lines = [f"{'agent':10s} {'model':18s} {'params':>8s} {'acc':>7s} {'onnx diff':>10s}"]
+    for a in report["agents"]:
+        acc = a["final_test_acc"]
+        diff = a["onnx_max_abs_diff"]
+        lines.append(f"{a['id']:10s} {a['model']:18s} {a['params']:8d} "
+                     f"{'-' if acc is None else f'{acc:.4f}':>7s} "
+                     f"{'-' if diff is None else f'{diff:.1e}':>10s}")
+    accs = " -> ".join(f"{r['mean_test_acc']:.3f}" for r in report["rounds"]
+                       if r["mean_test_acc"] is not None)
+    lines += [
+        f"mean test accuracy per round: {accs}",
+        f"uplink per agent-round {f['bytes_up_per_agent_round'] / 1e3:.1f} KB, downlink "
+        f"{f['bytes_down_per_agent_round'] / 1e3:.1f} KB; FedAvg would send "
+        f"{f['param_bytes_per_agent'] / 1e3:.1f} KB of parameters each way",
+        f"orchestration share {f['orchestration_share']:.1%}, wire overhead "
+        f"{f['wire_overhead']:.3f} (socket bytes / tensor bytes)",
+        f"report: {out / 'report.json'}, plot: {out / 'report.png'}",
+    ]
+    print("\n".join(lines))
