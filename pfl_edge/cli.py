@@ -65,11 +65,11 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
                    help="architectures, dealt round-robin to the agents")
     p.add_argument("--public-per-round", type=int, default=500)
     p.add_argument("--public-samples", type=int, default=5000)
-    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--local-epochs", type=int, default=5)
     p.add_argument("--wire", choices=["float32", "float16", "int8"], default="int8",
                    help="encoding of soft predictions on the wire")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    _partition_arguments(p, samples=200, alpha=0.5)
+    _partition_arguments(p, samples=500, alpha=0.5)
 
 
 def _partition_arguments(p: argparse.ArgumentParser, samples: int = 200,

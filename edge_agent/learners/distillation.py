@@ -49,7 +49,7 @@ class DistillationLearner(Learner):
                              f", got {shape}")
         with self.busy("distill"):
             loss = training.distill(
-                self.ctx.model, public, np.asarray(target, dtype=np.float32),
+                self.ctx.model, public, as_distribution(target),
                 temperature=float(self.p("temperature")), epochs=int(self.p("distill_epochs")),
                 batch_size=int(self.p("distill_batch_size")), lr=float(self.p("distill_lr")),
                 rng=self.ctx.rng, t2_scaling=bool(self.p("t2_scaling")),
@@ -58,3 +58,12 @@ class DistillationLearner(Learner):
         with self.busy("evaluate"):
             acc = training.evaluate(self.ctx.model, self.ctx.data.x_test, self.ctx.data.y_test)
         return LearnerReply({}, {"distill_loss": loss, "test_acc": acc})
+
+
+def as_distribution(target: np.ndarray) -> np.ndarray:
+    """Rows clipped at 0 and renormalised: int8/float16 wire rounding breaks exact sums."""
+    t = np.clip(np.asarray(target, dtype=np.float32), 0.0, None)
+    sums = t.sum(axis=1, keepdims=True)
+    if (sums <= 0).any():
+        raise ValueError("a distillation target row has no positive entry")
+    return t / sums

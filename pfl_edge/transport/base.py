@@ -40,7 +40,10 @@ class Inbound(Protocol):
         `peer` is the agent id the transport has established for the sender (the
         registered stream on gRPC, the topic on MQTT) or None before registration.
         The future yields the replies to send back on the same link, or raises
-        `Rejection` saying why the envelope was refused.
+        `Rejection` saying why the envelope was refused. It is resolved in the
+        coordinator's thread; a transport must queue the replies from a done-callback
+        (which runs there, at once) so that they leave before anything the coordinator
+        sends the agent afterwards, and bind a registering link to its agent id there.
         """
         ...
 

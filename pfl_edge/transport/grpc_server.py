@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
@@ -45,6 +45,7 @@ class GrpcServerTransport(ServerTransport):
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
         self._streams: dict[str, asyncio.Queue[Any]] = {}
+        self._lock = threading.Lock()
         self._inbound: Inbound | None = None
         self._port = 0
 
@@ -103,7 +104,9 @@ class GrpcServerTransport(ServerTransport):
         self._server = server
 
     def send(self, agent_id: str, env: pb.Envelope) -> bool:
-        queue, loop = self._streams.get(agent_id), self._loop
+        with self._lock:
+            queue = self._streams.get(agent_id)
+        loop = self._loop
         if queue is None or loop is None:
             return False
         loop.call_soon_threadsafe(queue.put_nowait, self._encode(env))
@@ -142,8 +145,11 @@ class GrpcServerTransport(ServerTransport):
             await context.abort(gc.to_status(r.code), r.reason)
         finally:
             writer.cancel()
-            if bound and self._streams.get(bound[0]) is queue:
-                del self._streams[bound[0]]
+            with self._lock:
+                mine = bool(bound) and self._streams.get(bound[0]) is queue
+                if mine:
+                    del self._streams[bound[0]]
+            if mine:
                 assert self._inbound is not None
                 self._inbound.on_disconnect(bound[0], reason)
 
@@ -172,18 +178,33 @@ class GrpcServerTransport(ServerTransport):
             record(self._meter, "up", received)
             env = received.envelope
             peer = bound[0] if bound else None
-            replies = await asyncio.wrap_future(self._inbound.on_envelope(peer, env))
-            if peer is None and env.HasField("register"):
-                bound.append(env.agent_id)
-                previous = self._streams.get(env.agent_id)
-                if previous is not None:
-                    previous.put_nowait(_CLOSE)
-                self._streams[env.agent_id] = queue
-            self._put_all(queue, replies)
+            fut = self._inbound.on_envelope(peer, env)
+            registering = env.agent_id if peer is None and env.HasField("register") else None
+            # Runs in the coordinator's thread as it decides, so the replies are queued
+            # before anything it sends this agent afterwards.
+            fut.add_done_callback(lambda f: self._accepted(f, queue, bound, registering))
+            await asyncio.wrap_future(fut)
 
-    def _put_all(self, queue: asyncio.Queue[Any], envs: Iterable[pb.Envelope]) -> None:
-        for env in envs:
-            queue.put_nowait(self._encode(env))
+    def _accepted(
+        self,
+        fut: Future[list[pb.Envelope]],
+        queue: asyncio.Queue[Any],
+        bound: list[str],
+        registering: str | None,
+    ) -> None:
+        if fut.exception() is not None:
+            return
+        loop = self._loop
+        assert loop is not None
+        if registering is not None:
+            with self._lock:
+                previous = self._streams.get(registering)
+                self._streams[registering] = queue
+            if previous is not None and previous is not queue:
+                loop.call_soon_threadsafe(previous.put_nowait, _CLOSE)
+            bound.append(registering)
+        for env in fut.result():
+            loop.call_soon_threadsafe(queue.put_nowait, self._encode(env))
 
     @staticmethod
     async def _write(

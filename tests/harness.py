@@ -1,0 +1,147 @@
+"""A real coordinator (engine + gRPC server + SQLite) in the test process, and a scripted
+agent that speaks the wire protocol by hand, so tests can send exactly what they mean."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator import public, strategies
+from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
+from coordinator.engine import Engine
+from coordinator.service import resolve_params
+from coordinator.store import Store
+from pfl_edge import codec, public_data
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.transport.base import TransportClosed
+from pfl_edge.transport.grpc_client import GrpcClientTransport
+from pfl_edge.transport.grpc_server import GrpcServerTransport
+from pfl_edge.v1 import messages_pb2 as pb
+
+SAMPLE_SHAPE = (1, 8, 8)
+NUM_CLASSES = 10
+
+
+def write_public(path: Path, n: int = 200, seed: int = 0) -> Path:
+    images = np.random.default_rng(seed).integers(0, 256, (n, *SAMPLE_SHAPE), dtype=np.uint8)
+    np.savez(path, x=images)
+    return path
+
+
+def make_config(tmp: Path, **run: Any) -> RunConfig:
+    return RunConfig(
+        run=RunSection(**{"id": "t", "algorithm": "fedmd", "rounds": 2, "min_agents": 1,
+                          "phase_timeout_s": 30.0, "state_dir": str(tmp / "state"), **run}),
+        public=PublicSection(dataset=str(write_public(tmp / "public.npz")), samples=200,
+                             per_round=50, num_classes=NUM_CLASSES),
+        server=ServerSection(grpc="127.0.0.1:0"),
+        algorithm={"wire": "float32"},
+    )
+
+
+@dataclass
+class Coordinator:
+    engine: Engine
+    server: GrpcServerTransport
+    store: Store
+    meter: ByteMeter
+    thread: threading.Thread
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+@contextmanager
+def running_coordinator(cfg: RunConfig) -> Iterator[Coordinator]:
+    """Engine, SQLite store and gRPC server on a free loopback port, stopped afterwards."""
+    store = Store(Path(cfg.run.state_dir))
+    meter = ByteMeter()
+    pub = public.build(cfg.public.dataset, cfg.public.samples)
+    engine = Engine(cfg, strategies.get(cfg.run.algorithm), resolve_params(cfg), pub, store, meter)
+    server = GrpcServerTransport(cfg.server.grpc, meter)
+    server.start(engine.attach(server))
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        yield Coordinator(engine, server, store, meter, thread)
+    finally:
+        engine.stop()
+        thread.join(5)
+        server.stop()
+        store.close()
+
+
+class ScriptedAgent:
+    """Speaks the protocol step by step over a real gRPC connection."""
+
+    def __init__(self, target: str, agent_id: str, meter: ByteMeter | None = None) -> None:
+        self.agent_id = agent_id
+        self.meter = meter or ByteMeter()
+        self.t = GrpcClientTransport(target, self.meter)
+        self.t.connect(5)
+        self.seq = 0
+
+    def send(self, rnd: int = 0, agent_id: str | None = None, **body: Any) -> None:
+        self.seq += 1
+        self.t.send(pb.Envelope(agent_id=agent_id or self.agent_id, round=rnd, seq=self.seq,
+                                **body))
+
+    def register(self, num_classes: int = NUM_CLASSES) -> pb.RunConfig:
+        self.send(register=pb.Register(
+            model=pb.ModelInfo(architecture="scripted", parameter_count=1000,
+                               input_shape=list(SAMPLE_SHAPE), num_classes=num_classes),
+            num_train_samples=100, num_test_samples=20))
+        return self.expect("run_config").run_config
+
+    def expect(self, kind: str, timeout: float = 10.0) -> pb.Envelope:
+        env = self.t.recv(timeout)
+        if env is None:
+            raise AssertionError(f"no {kind} within {timeout} s")
+        got = env.WhichOneof("body")
+        if got != kind:
+            raise AssertionError(f"expected {kind}, got {got}: {env}")
+        return env
+
+    def refusal(self, timeout: float = 10.0) -> TransportClosed:
+        """The error that closed the stream (after a refused message)."""
+        try:
+            while True:
+                env = self.t.recv(timeout)
+                if env is None:
+                    raise AssertionError("the coordinator did not refuse the message")
+        except TransportClosed as exc:
+            return exc
+
+    def answer(self, task_env: pb.Envelope, tensors: dict[str, np.ndarray] | None = None,
+               wire: codec.WireFormat | None = "float32", **fields: Any) -> None:
+        """Send the Result for a task (fields override phase/action)."""
+        task = task_env.task
+        result = pb.Result(phase=fields.pop("phase", task.phase),
+                           action=fields.pop("action", task.action),
+                           tensors=codec.encode_many(tensors or {}, wire),
+                           metrics=fields.pop("metrics", {"test_acc": 0.5}))
+        self.send(fields.pop("round", task_env.round), result=result, **fields)
+
+    def close(self) -> None:
+        self.t.close()
+
+
+def soft_predictions(count: int, seed: int = 0) -> np.ndarray:
+    z = np.random.default_rng(seed).normal(size=(count, NUM_CLASSES))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def public_indices(task_env: pb.Envelope, num_samples: int) -> np.ndarray:
+    return public_data.resolve(task_env.task.public, num_samples)
+
+
+def with_run(cfg: RunConfig, **run: Any) -> RunConfig:
+    return replace(cfg, run=replace(cfg.run, **run))
