@@ -35,6 +35,8 @@ log = logging.getLogger("pfl_edge.coordinator")
 FINISH = "finish"
 """Framework action after the last round: export the model, report final metrics."""
 
+WAITING_LOG_INTERVAL_S = 30.0
+
 
 @dataclass
 class AgentRecord:
@@ -89,7 +91,7 @@ class Engine:
         self.done = threading.Event()
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._seq = 0
-        self._waiting_logged = -1
+        self._waiting_logged = 0.0
         self._resume()
 
     # Transport side (any thread).
@@ -291,10 +293,10 @@ class Engine:
     def _maybe_start_round(self) -> None:
         eligible = sorted(a for a, r in self.agents.items() if r.connected)
         if len(eligible) < self.cfg.run.min_agents:
-            if len(eligible) != self._waiting_logged:
+            if time.time() - self._waiting_logged >= WAITING_LOG_INTERVAL_S:
                 log.info("waiting for agents: %d of %d connected", len(eligible),
                          self.cfg.run.min_agents)
-                self._waiting_logged = len(eligible)
+                self._waiting_logged = time.time()
             return
         rnd = self.completed_rounds + 1
         rng = np.random.default_rng([self.cfg.run.seed, rnd])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edge_agent import learners, training
-from edge_agent.learners.base import Learner, LearnerContext, LearnerReply, TaskView
+from edge_agent.learners.base import Learner, LearnerContext, LearnerReply, Span, TaskView
 from edge_agent.models import build_model, parameter_count
 from edge_agent.onnx_export import export_onnx
 from pfl_edge import codec, public_data
@@ -219,7 +219,7 @@ class Agent:
         assert self.learner is not None and self.public is not None
         if task.action == FINISH:
             reply = self._finish()
-            spans = []
+            spans: list[Span] = []
         else:
             try:
                 view = TaskView(
@@ -238,8 +238,7 @@ class Agent:
             phase=task.phase, action=task.action,
             tensors=codec.encode_many(reply.tensors, wire),  # type: ignore[arg-type]
             metrics=reply.metrics,
-            busy=[pb.Interval(what=s.what, start_unix=s.start_unix, end_unix=s.end_unix)
-                  for s in spans],
+            busy=_cover(spans),
         )
         self._send(env.round, remember=key, result=result)
         acc = reply.metrics.get("test_acc")
@@ -273,6 +272,17 @@ class Agent:
         if remember is not None:
             self.sent[remember] = env
         self.transport.send(env)
+
+
+def _cover(spans: list[Span]) -> list[pb.Interval]:
+    """One interval from the first span's start to the last one's end: a learner's spans
+    within one task are back to back, and the coordinator only needs their union."""
+    if not spans:
+        return []
+    for s in spans:
+        log.debug("%s: %.3f s", s.what, s.end_unix - s.start_unix)
+    return [pb.Interval(start_unix=min(s.start_unix for s in spans),
+                        end_unix=max(s.end_unix for s in spans))]
 
 
 def device_profile() -> pb.DeviceProfile:

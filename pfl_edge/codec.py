@@ -1,9 +1,11 @@
 """Tensor codec: numpy arrays to pfl_edge.v1.Tensor and back.
 
 Encodings: float32 and float16 raw (decode is a zero-copy view of the message bytes),
-and int8 with a per-row affine scale (about 4x smaller than float32 for soft
-predictions). Every size is checked against the declared shape before anything is
-allocated.
+and int8 with an affine scale and offset per row (first axis), about 4x smaller than
+float32. Rows shorter than `PER_ROW_MIN_ELEMENTS` (soft predictions: one row of C
+classes per sample) share one scale for the whole tensor, since 8 bytes of scale per
+row would cost more than the row. Every size is checked against the declared shape
+before anything is allocated.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pfl_edge.v1 import tensor_pb2 as tpb
 
 WireFormat = Literal["float32", "float16", "int8"]
 WIRE_FORMATS: tuple[WireFormat, ...] = ("float32", "float16", "int8")
+
+PER_ROW_MIN_ELEMENTS = 64
+"""int8 rows at least this long get their own scale and offset."""
 
 _DTYPES: dict[int, np.dtype[np.generic]] = {
     tpb.DTYPE_FLOAT32: np.dtype("<f4"),
@@ -76,10 +81,13 @@ def _affine_int8(name: str, arr: np.ndarray) -> tpb.Tensor:
     rows = np.ascontiguousarray(arr, dtype=np.float32).reshape(n_rows, n_cols)
     if rows.size and not np.isfinite(rows).all():
         raise ValueError(f"tensor {name!r} has NaN or Inf values; int8 encoding needs finite ones")
+    per_row = n_cols >= PER_ROW_MIN_ELEMENTS
     if rows.size == 0:
-        lo = hi = np.zeros(rows.shape[0], dtype=np.float32)
-    else:
+        lo = hi = np.zeros(n_rows if per_row else 1, dtype=np.float32)
+    elif per_row:
         lo, hi = rows.min(axis=1), rows.max(axis=1)
+    else:
+        lo, hi = rows.min(keepdims=True).ravel(), rows.max(keepdims=True).ravel()
     scale = ((hi - lo) / 255.0).astype(np.float32)
     scale[scale == 0] = 1.0
     offset = (lo + 128.0 * scale).astype(np.float32)
@@ -143,12 +151,16 @@ def _decode_affine(t: tpb.Tensor, shape: tuple[int, ...], count: int) -> np.ndar
     if t.dtype != tpb.DTYPE_FLOAT32:
         raise errors.invalid(f"tensor {t.name!r}: int8 affine encoding must decode to float32")
     rows = shape[0] if shape else 1
-    if len(t.data) != count or len(t.scale) != 4 * rows or len(t.offset) != 4 * rows:
+    groups = len(t.scale) // 4
+    if (len(t.data) != count or groups not in (1, rows) or len(t.scale) % 4
+            or len(t.offset) != len(t.scale)):
         raise errors.invalid(
             f"tensor {t.name!r}: int8 affine sizes (data {len(t.data)}, scale {len(t.scale)}, "
             f"offset {len(t.offset)} bytes) do not match shape {list(shape)}"
         )
     codes = np.frombuffer(t.data, dtype=np.int8).reshape(rows, count // rows if rows else 0)
+    if rows == 0:
+        return np.zeros(shape, dtype=np.float32)
     scale = np.frombuffer(t.scale, dtype="<f4")
     offset = np.frombuffer(t.offset, dtype="<f4")
     out = codes.astype(np.float32)

@@ -31,9 +31,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     state = out / "state"
-    if state.exists():
-        log.info("removing the previous demo state in %s", state)
-        shutil.rmtree(state)
+    for old in (state, out / "agents"):
+        if old.exists():
+            log.info("removing the previous demo's %s", old)
+            shutil.rmtree(old)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     log.info("partitioning MNIST for %d agents (%s, %d samples each)", args.agents,
              args.noniid, args.samples_per_agent)
@@ -59,7 +60,8 @@ def run_demo(args: argparse.Namespace) -> int:
                    "--coordinator", f"grpc://127.0.0.1:{proxy.port}",
                    "--model", models[i % len(models)], "--data", str(path),
                    "--agent-id", agent_id, "--out", str(out / "agents" / agent_id),
-                   "--cache-dir", str(out / "cache"), "--threads", "1", "--seed", str(args.seed)]
+                   "--cache-dir", str(out / "agents" / agent_id / "cache"), "--threads", "1",
+                   "--seed", str(args.seed)]
             procs.append((agent_id, _spawn(cmd, agent_log), agent_log))
         rc = _wait(procs, args.timeout)
     finally:

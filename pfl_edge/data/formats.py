@@ -5,15 +5,15 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from pfl_edge.data._npz import load_npz_arrays
 from pfl_edge.data._pickle import loads_numpy
 from pfl_edge.data.images import check_images, check_labels
 
@@ -22,7 +22,11 @@ Labels = npt.NDArray[np.int64]
 
 _IDX_UBYTE = 0x08
 _CHUNK = 1 << 20
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff")
+
+
+class _Reader(Protocol):
+    def read(self, size: int, /) -> bytes: ...
 
 
 def read_idx(path: Path) -> npt.NDArray[np.uint8]:
@@ -41,7 +45,7 @@ def read_idx(path: Path) -> npt.NDArray[np.uint8]:
         raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
 
 
-def _read_idx_stream(f: IO[bytes], path: Path, file_size: int | None) -> npt.NDArray[np.uint8]:
+def _read_idx_stream(f: _Reader, path: Path, file_size: int | None) -> npt.NDArray[np.uint8]:
     magic = f.read(4)
     if len(magic) < 4 or magic[:2] != b"\x00\x00":
         raise ValueError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
@@ -84,7 +88,7 @@ def load_idx(images_path: Path, labels_path: Path) -> tuple[Images, Labels]:
         raise ValueError(f"{labels_path}: expected IDX labels (N,), got shape {labels.shape}")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images in {images_path} but {len(labels)} labels")
-    return images[:, None, :, :].copy(), labels.astype(np.int64)
+    return images[:, None], labels.astype(np.int64)
 
 
 def load_cifar_batches(
@@ -105,7 +109,8 @@ def load_cifar_batches(
         batch = _cifar_dict(Path(path))
         data = np.asarray(batch.get("data"))
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+            got = f"{data.dtype} {data.shape}"
+            raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {got}")
         key = label_key or ("labels" if "labels" in batch else "fine_labels")
         if key not in batch:
             raise ValueError(f"{path}: no {key!r} entry; keys are {sorted(batch)}")
@@ -127,7 +132,8 @@ def _cifar_dict(path: Path) -> dict[str, Any]:
 
 
 def load_image_folder(root: Path) -> tuple[Images, Labels]:
-    """Load ``root/<class>/<image>``; class index = position of the folder in sorted order.
+    """Load ``root/<class>/<image>``; class index = position of the folder in sorted order
+    (hidden folders skipped).
 
     All images must have one size. Grayscale (modes 1, L, LA) everywhere gives C = 1, else
     every image is converted to RGB (C = 3). Needs Pillow.
@@ -137,7 +143,8 @@ def load_image_folder(root: Path) -> tuple[Images, Labels]:
     except ImportError as exc:
         raise ImportError("load_image_folder needs Pillow: pip install pillow") from exc
     root = Path(root)
-    classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    entries = root.iterdir() if root.is_dir() else iter(())
+    classes = sorted(p for p in entries if p.is_dir() and not p.name.startswith("."))
     files = [
         (label, f)
         for label, d in enumerate(classes)
@@ -146,12 +153,12 @@ def load_image_folder(root: Path) -> tuple[Images, Labels]:
     ]
     if not files:
         raise ValueError(f"{root}: no images found in class subfolders (root/<class>/<image>)")
-    images = []
+    images: list[Image.Image] = []
     for _, f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
+            with Image.open(f) as opened:
+                opened.load()
+                images.append(opened.copy())
         except OSError as exc:
             raise ValueError(f"{f}: cannot read image ({exc})") from exc
     gray = all(im.mode in ("1", "L", "LA") for im in images)
@@ -172,14 +179,8 @@ def load_npz(path: Path, x_key: str = "x", y_key: str = "y") -> tuple[Images, La
     axis. Labels: any integer type, cast to int64.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in (x_key, y_key) if k not in npz.files]
-            if missing:
-                raise ValueError(f"{path}: missing {missing}; keys are {sorted(npz.files)}")
-            x, y = npz[x_key], npz[y_key]
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable .npz ({exc})") from exc
+    arrays = load_npz_arrays(path, (x_key, y_key))
+    x, y = arrays[x_key], arrays[y_key]
     if np.issubdtype(x.dtype, np.floating):
         if x.size and not (np.all(x >= 0) and np.all(x <= 1)):
             raise ValueError(f"{path}: float images must lie in [0, 1]")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, GRPC_DEFAULT_PORT, MAX_MESSAGE_BYTES, MQTT_DEFAULT_PORT
 from pfl_edge.transport.base import ClientTransport, ServerTransport
+
+if TYPE_CHECKING:
+    from pfl_edge.transport.mqtt_common import TlsFiles
 
 SCHEMES = ("grpc", "mqtt")
 
@@ -47,15 +51,33 @@ def client_for(
     run_id: str = "default",
     chunk_bytes: int = CHUNK_BYTES,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> ClientTransport:
+    """The agent's transport; `username`, `password` and `tls` are for the MQTT broker."""
     ep = parse(url)
     if ep.scheme == "grpc":
+        _no_broker_login(ep, username, password, tls)
         from pfl_edge.transport.grpc_client import GrpcClientTransport
 
         return GrpcClientTransport(
             ep.hostport, meter, chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes
         )
-    raise ValueError(f"no client transport for {ep.scheme}:// yet")
+    from pfl_edge.transport.mqtt_client import MqttClientTransport
+
+    return MqttClientTransport(
+        ep.host,
+        ep.port,
+        meter,
+        agent_id=agent_id,
+        run_id=run_id,
+        chunk_bytes=chunk_bytes,
+        max_message_bytes=max_message_bytes,
+        username=username,
+        password=password,
+        tls=tls,
+    )
 
 
 def server_for(
@@ -65,12 +87,36 @@ def server_for(
     run_id: str = "default",
     chunk_bytes: int = CHUNK_BYTES,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> ServerTransport:
+    """The coordinator's transport: a gRPC bind address, or the MQTT broker to use."""
     ep = parse(url)
     if ep.scheme == "grpc":
+        _no_broker_login(ep, username, password, tls)
         from pfl_edge.transport.grpc_server import GrpcServerTransport
 
         return GrpcServerTransport(
             ep.hostport, meter, chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes
         )
-    raise ValueError(f"no server transport for {ep.scheme}:// yet")
+    from pfl_edge.transport.mqtt_server import MqttServerTransport
+
+    return MqttServerTransport(
+        ep.host,
+        ep.port,
+        meter,
+        run_id=run_id,
+        chunk_bytes=chunk_bytes,
+        max_message_bytes=max_message_bytes,
+        username=username,
+        password=password,
+        tls=tls,
+    )
+
+
+def _no_broker_login(
+    ep: Endpoint, username: str | None, password: str | None, tls: TlsFiles | None
+) -> None:
+    if username is not None or password is not None or tls is not None:
+        raise ValueError(f"username, password and tls are MQTT broker settings; {ep} is gRPC")

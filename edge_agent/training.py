@@ -1,0 +1,218 @@
+"""Training, evaluation, soft predictions and distillation shared by every learner.
+
+Images may be uint8 or float (N, C, H, W); they are fed as float32 in [0, 1] (``to_float``).
+Each training call creates a fresh optimizer ("adam", or "sgd" = plain SGD without momentum),
+so no optimizer state carries over between calls. Mini-batches follow ``rng`` (reshuffled every
+epoch, last partial batch kept); in train mode a model with BatchNorm skips a batch of one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pfl_edge.data.images import to_float
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's global and torch's random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _inputs(x: npt.NDArray[np.generic]) -> torch.Tensor:
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {x.shape}")
+    return torch.from_numpy(to_float(x))
+
+
+def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; known: adam, sgd")
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def _fit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Loss,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    optimizer: str,
+) -> float:
+    """Minimise ``loss_fn(outputs, targets)`` by mini-batches; mean loss of the last epoch."""
+    if len(inputs) == 0:
+        raise ValueError("no training samples")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    device = _device(model)
+    opt = _optimizer(optimizer, model, lr)
+    skip_single = _has_batchnorm(model)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        order = torch.from_numpy(rng.permutation(len(inputs)))
+        for idx in torch.split(order, batch_size):
+            if skip_single and len(idx) == 1:
+                continue
+            opt.zero_grad()
+            loss = loss_fn(model(inputs[idx].to(device)), targets[idx].to(device))
+            torch.autograd.backward(loss)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+    return total / count if count else float("nan")
+
+
+def train_epochs(
+    model: nn.Module,
+    x: npt.NDArray[np.generic],
+    y: npt.NDArray[np.integer],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    optimizer: str = "adam",
+) -> float:
+    """Train with cross-entropy; return the mean loss over the last epoch's samples.
+
+    Returns nan if no batch was trained (a single sample and a model with BatchNorm).
+    Leaves the model in train mode.
+    """
+    if y.shape != (len(x),):
+        raise ValueError(f"{len(x)} images but labels of shape {y.shape}")
+    labels = torch.from_numpy(y.astype(np.int64))
+    return _fit(
+        model,
+        _inputs(x),
+        labels,
+        F.cross_entropy,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        optimizer=optimizer,
+    )
+
+
+def _batches(x: npt.NDArray[np.generic], batch_size: int) -> Iterator[torch.Tensor]:
+    inputs = _inputs(x)
+    for start in range(0, len(inputs), batch_size):
+        yield inputs[start : start + batch_size]
+
+
+def predict_logits(
+    model: nn.Module, x: npt.NDArray[np.generic], *, batch_size: int = 512
+) -> npt.NDArray[np.float32]:
+    """Logits float32 (N, classes) in eval mode without gradients; restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    outputs = []
+    with torch.no_grad():
+        for batch in _batches(x, batch_size):
+            outputs.append(model(batch.to(device)).float().cpu())
+    model.train(was_training)
+    if not outputs:
+        raise ValueError("no samples to predict")
+    logits: npt.NDArray[np.float32] = torch.cat(outputs).numpy()
+    return logits
+
+
+def evaluate(
+    model: nn.Module,
+    x: npt.NDArray[np.generic],
+    y: npt.NDArray[np.integer],
+    *,
+    batch_size: int = 512,
+) -> float:
+    """Accuracy in [0, 1] (eval mode, no gradients)."""
+    if y.shape != (len(x),):
+        raise ValueError(f"{len(x)} images but labels of shape {y.shape}")
+    predicted = predict_logits(model, x, batch_size=batch_size).argmax(axis=1)
+    return float(np.mean(predicted == y))
+
+
+def soft_predictions(
+    model: nn.Module, x: npt.NDArray[np.generic], *, temperature: float, batch_size: int = 512
+) -> npt.NDArray[np.float32]:
+    """softmax(logits / temperature), float32 (N, classes), eval mode."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = torch.from_numpy(predict_logits(model, x, batch_size=batch_size))
+    probs: npt.NDArray[np.float32] = torch.softmax(logits / temperature, dim=1).numpy()
+    return probs
+
+
+def distill(
+    model: nn.Module,
+    x: npt.NDArray[np.generic],
+    targets: npt.NDArray[np.floating],
+    *,
+    temperature: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    t2_scaling: bool = False,
+    optimizer: str = "adam",
+) -> float:
+    """Distil soft ``targets`` (N, classes; rows are distributions) into ``model``.
+
+    Minimises KL(target || student) = sum_c t_c (log t_c - log s_c) with
+    log s = log_softmax(logits / temperature), i.e.
+    ``kl_div(log_s, t, reduction="batchmean")``: summed over classes, averaged over the
+    batch; times temperature**2 if ``t2_scaling``. Returns the mean of that loss over the last
+    epoch's samples (nan if no batch was trained). Leaves the model in train mode.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if targets.ndim != 2 or len(targets) != len(x):
+        raise ValueError(f"targets must be ({len(x)}, classes), got shape {targets.shape}")
+    if not (np.all(targets >= 0) and np.allclose(targets.sum(axis=1), 1.0, atol=1e-3)):
+        raise ValueError("targets must be non-negative with rows summing to 1")
+    scale = temperature**2 if t2_scaling else 1.0
+
+    def kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape:
+            raise ValueError(f"model outputs {tuple(logits.shape)}, targets {tuple(target.shape)}")
+        log_student = F.log_softmax(logits / temperature, dim=1)
+        return F.kl_div(log_student, target, reduction="batchmean") * scale
+
+    return _fit(
+        model,
+        _inputs(x),
+        torch.from_numpy(targets.astype(np.float32)),
+        kl,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        optimizer=optimizer,
+    )

@@ -1,0 +1,201 @@
+"""MQTT client transport: one agent's session on the broker. It publishes frames on its
+`from` topic and reads its inbox; its last will tells the coordinator when it is lost.
+
+paho reconnects by itself (a broker restart included) and the persistent session
+delivers what was queued meanwhile, both ways. `recv` raises TransportClosed when the
+coordinator refused a message (an Error envelope: `refused`, with its code), when it
+reported this agent disconnected meanwhile and asks it to register again (an Error
+without code: not `refused`), or when the broker stays out of reach for
+`reconnect_deadline_s`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from google.protobuf.message import DecodeError
+
+from pfl_edge.accounting import ByteMeter
+from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
+from pfl_edge.errors import Rejection
+from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.transport import mqtt_common as mc
+from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
+from pfl_edge.v1 import messages_pb2 as pb
+
+CLOSE_FLUSH_SECONDS = 2.0
+"""How long `close` waits for the broker to acknowledge what is still in flight."""
+
+
+class MqttClientTransport(ClientTransport):
+    name = "mqtt"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        meter: ByteMeter,
+        *,
+        agent_id: str,
+        run_id: str = "default",
+        chunk_bytes: int = CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        username: str | None = None,
+        password: str | None = None,
+        tls: mc.TlsFiles | None = None,
+        reconnect_deadline_s: float = mc.RECONNECT_DEADLINE_SECONDS,
+    ) -> None:
+        """`username` defaults to the agent id when a password is given."""
+        self._host, self._port = host, port
+        self._meter = meter
+        self._agent_id = mc.check_id("agent", agent_id)
+        self._run_id = run_id
+        topics = mc.Topics(run_id)
+        self._frames_topic = topics.frames_from(agent_id)
+        self._status_topic = topics.status_of(agent_id)
+        self._inbox_topic = topics.inbox(agent_id)
+        self._framer = Framer(chunk_bytes)
+        self._chunk_bytes = chunk_bytes
+        self._max_message_bytes = max_message_bytes
+        if password is not None and username is None:
+            username = agent_id
+        self._auth = mc.Auth(username, password, tls)
+        self._reconnect_deadline_s = reconnect_deadline_s
+        self._session: mc.Session | None = None
+        self._resume = False
+        self._inbox: queue.Queue[pb.Envelope | TransportClosed] = queue.Queue()
+        self._reassembler = Reassembler(max_message_bytes)
+        self._closed: TransportClosed | None = None
+        self._give_up: threading.Timer | None = None
+        self._give_up_lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"mqtt://{self._host}:{self._port}"
+
+    def connect(self, timeout_s: float) -> None:
+        """Open the session: a fresh one the first time, afterwards the one left behind
+        (with what the broker queued for it)."""
+        self.close()
+        self._closed = None
+        self._inbox, self._reassembler = queue.Queue(), Reassembler(self._max_message_bytes)
+        session = mc.Session(
+            self._host,
+            self._port,
+            mc.agent_client_id(self._run_id, self._agent_id),
+            subscriptions=[self._inbox_topic],
+            on_message=self._on_message,
+            auth=self._auth,
+            largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
+            will=self._status(mc.OFFLINE, "connection to the broker lost (last will)"),
+            online=self._status(mc.CONNECTED),
+            back_online=self._status(mc.RECONNECTED),
+            on_up=self._link_up,
+            on_down=self._link_down,
+        )
+        # Set before open: a resumed session delivers queued messages right away.
+        self._session = session
+        try:
+            session.open(timeout_s, fresh=not self._resume)
+        except TransportClosed:
+            self._session = None
+            raise
+        self._resume = True
+
+    def send(self, env: pb.Envelope) -> None:
+        session = self._session
+        if self._closed is not None or session is None:
+            raise self._closed or TransportClosed("not connected")
+        raws = [f.SerializeToString() for f in self._framer.frames(env)]
+        for raw in raws:
+            session.publish(self._frames_topic, raw)
+        record_sent(
+            self._meter,
+            "up",
+            env,
+            sum(mc.wire_bytes(self._frames_topic, len(r)) for r in raws),
+            len(raws),
+        )
+
+    def send_raw(self, payload: bytes) -> None:
+        """Publish bytes on the frames topic as one message, unchecked (for tests of bad input)."""
+        if self._session is None:
+            raise TransportClosed("not connected")
+        self._session.publish(self._frames_topic, payload)
+
+    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, TransportClosed):
+            self._closed = item
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Tell the coordinator this agent is leaving, flush, and disconnect."""
+        self._link_up()
+        session, self._session = self._session, None
+        if session is None:
+            return
+        if session.connected:
+            closing = self._status(mc.OFFLINE, "the agent closed its transport")
+            session.publish(closing.topic, closing.payload)
+            session.drain(CLOSE_FLUSH_SECONDS)
+        session.close()
+
+    def _status(self, state: str, reason: str = "") -> mc.Message:
+        return mc.Message(
+            self._status_topic, mc.status(self._run_id, self._agent_id, state, reason)
+        )
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        frame = pb.Frame()
+        try:
+            frame.ParseFromString(payload)
+            received = self._reassembler.feed(frame, mc.wire_bytes(topic, len(payload)))
+        except DecodeError:
+            self._inbox.put(
+                TransportClosed(
+                    f"unreadable frame from coordinator: {len(payload)} bytes on {topic}"
+                )
+            )
+            return
+        except Rejection as r:
+            self._inbox.put(TransportClosed(f"bad frame from coordinator: {r}"))
+            return
+        if received is None:
+            return
+        record(self._meter, "down", received)
+        env = received.envelope
+        if not env.HasField("error"):
+            self._inbox.put(env)
+        elif env.error.code == pb.ERROR_CODE_UNSPECIFIED:
+            self._inbox.put(TransportClosed(env.error.message))
+        else:
+            refusal = Rejection(env.error.code, env.error.message)
+            self._inbox.put(TransportClosed(f"coordinator refused: {refusal}", env.error.code))
+
+    def _link_down(self, reason: str, code: int) -> None:
+        inbox = self._inbox
+        if code != pb.ERROR_CODE_UNSPECIFIED:
+            inbox.put(TransportClosed(reason, code))
+            return
+        closed = TransportClosed(
+            f"{reason}; not re-established within {self._reconnect_deadline_s:.0f} s"
+        )
+        with self._give_up_lock:
+            if self._give_up is None:
+                self._give_up = threading.Timer(self._reconnect_deadline_s, inbox.put, (closed,))
+                self._give_up.daemon = True
+                self._give_up.start()
+
+    def _link_up(self) -> None:
+        with self._give_up_lock:
+            timer, self._give_up = self._give_up, None
+        if timer is not None:
+            timer.cancel()
