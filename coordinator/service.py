@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -41,8 +43,31 @@ def check_resume(store: Store, cfg: RunConfig) -> None:
             )
 
 
-def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
-    """Serve the run until it finishes; write the report; return its path."""
+@dataclass
+class RunningCoordinator:
+    """A started coordinator: its engine runs in `thread` until done or stopped."""
+
+    cfg: RunConfig
+    engine: Engine
+    store: Store
+    meter: ByteMeter
+    transports: list[ServerTransport]
+    thread: threading.Thread
+
+    def transport(self, name: str) -> ServerTransport:
+        return next(t for t in self.transports if t.name == name)
+
+    def stop(self) -> None:
+        """Stop the engine and the listeners; the state stays on disk."""
+        self.engine.stop()
+        self.thread.join(10)
+        for t in self.transports:
+            t.stop()
+        self.store.close()
+
+
+def start(cfg: RunConfig) -> RunningCoordinator:
+    """Open the state, load the public set, start the listeners and the engine thread."""
     params = resolve_params(cfg)
     store = Store(Path(cfg.run.state_dir))
     check_resume(store, cfg)
@@ -60,6 +85,15 @@ def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
         t.start(engine.attach(t))
         transports.append(t)
         log.info("serving %s", t.address)
+    thread = threading.Thread(target=engine.run, name="engine", daemon=True)
+    thread.start()
+    return RunningCoordinator(cfg, engine, store, meter, transports, thread)
+
+
+def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
+    """Serve the run until it finishes (or a signal); write the report; return its path."""
+    running = start(cfg)
+    engine = running.engine
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.warning("signal %d: stopping; the run resumes from round %d on restart",
@@ -68,16 +102,14 @@ def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        engine.run()
-        if engine.done.is_set():
-            time.sleep(0.5)  # let the shutdown messages leave before the listeners close
-    finally:
-        for t in transports:
-            t.stop()
-    pub_bytes = engine.tensor_bytes.get(0, [0, 0])[1]
-    rep = report.build(store, meter, algorithm=cfg.run.algorithm, setup_tensor_bytes=pub_bytes)
+    while running.thread.is_alive():
+        running.thread.join(0.5)
+    if engine.done.is_set():
+        time.sleep(0.5)  # let the shutdown messages leave before the listeners close
+    setup_tensor_bytes = engine.tensor_bytes.get(0, [0, 0])[1]
+    rep = report.build(running.store, running.meter, algorithm=cfg.run.algorithm,
+                       setup_tensor_bytes=setup_tensor_bytes)
     path = report.write(rep, report_dir or Path(cfg.run.state_dir))
-    store.close()
+    running.stop()
     log.info("report written to %s", path)
     return path

@@ -3,20 +3,16 @@ agent that speaks the wire protocol by hand, so tests can send exactly what they
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coordinator import public, strategies
 from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
-from coordinator.engine import Engine
-from coordinator.service import resolve_params
-from coordinator.store import Store
+from coordinator.service import RunningCoordinator, start
 from pfl_edge import codec, public_data
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import TransportClosed
@@ -45,13 +41,17 @@ def make_config(tmp: Path, **run: Any) -> RunConfig:
     )
 
 
-@dataclass
 class Coordinator:
-    engine: Engine
-    server: GrpcServerTransport
-    store: Store
-    meter: ByteMeter
-    thread: threading.Thread
+    """A started coordinator and what tests look at."""
+
+    def __init__(self, running: RunningCoordinator) -> None:
+        self.running = running
+        self.engine = running.engine
+        self.store = running.store
+        self.meter = running.meter
+        transport = running.transport("grpc")
+        assert isinstance(transport, GrpcServerTransport)
+        self.server = transport
 
     @property
     def target(self) -> str:
@@ -60,22 +60,12 @@ class Coordinator:
 
 @contextmanager
 def running_coordinator(cfg: RunConfig) -> Iterator[Coordinator]:
-    """Engine, SQLite store and gRPC server on a free loopback port, stopped afterwards."""
-    store = Store(Path(cfg.run.state_dir))
-    meter = ByteMeter()
-    pub = public.build(cfg.public.dataset, cfg.public.samples)
-    engine = Engine(cfg, strategies.get(cfg.run.algorithm), resolve_params(cfg), pub, store, meter)
-    server = GrpcServerTransport(cfg.server.grpc, meter)
-    server.start(engine.attach(server))
-    thread = threading.Thread(target=engine.run, daemon=True)
-    thread.start()
+    """The real coordinator (engine, SQLite, gRPC on a free port), stopped afterwards."""
+    running = start(cfg)
     try:
-        yield Coordinator(engine, server, store, meter, thread)
+        yield Coordinator(running)
     finally:
-        engine.stop()
-        thread.join(5)
-        server.stop()
-        store.close()
+        running.stop()
 
 
 class ScriptedAgent:
