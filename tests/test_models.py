@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from edge_agent.models import MODELS, build_model, parameter_count
 from edge_agent.onnx_export import export_onnx
 
+# Tiny batches gain nothing from intra-op threads, and spinning OpenMP threads slow the
+# suite several-fold on a busy machine.
+torch.set_num_threads(1)
+
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 
 

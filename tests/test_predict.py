@@ -18,6 +18,10 @@ from edge_agent.models import build_model
 from edge_agent.onnx_export import export_onnx
 from edge_agent.predict import add_predict_arguments, load_inputs, main_predict, predict
 
+# Tiny batches gain nothing from intra-op threads, and spinning OpenMP threads slow the
+# suite several-fold on a busy machine.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

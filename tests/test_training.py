@@ -16,6 +16,10 @@ from edge_agent.training import (
     train_epochs,
 )
 
+# Tiny batches gain nothing from intra-op threads, and spinning OpenMP threads slow the
+# suite several-fold on a busy machine.
+torch.set_num_threads(1)
+
 
 def separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 1x8x8 images: class 0 bright on top, class 1 bright at the bottom, plus noise."""
