@@ -25,7 +25,7 @@ from coordinator.strategies.base import AgentInfo, Instruction, Reply, RunContex
 from pfl_edge import codec, errors, public_data
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import kind_of
+from pfl_edge.framing import Message, kind_of
 from pfl_edge.transport.base import Inbound, ServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.values import Scalar, to_values
@@ -53,7 +53,7 @@ class Phase:
     index: int
     started: float
     deadline: float
-    tasks: dict[str, pb.Envelope]
+    tasks: dict[str, Message]
     replies: dict[str, Reply] = field(default_factory=dict)
     busy: list[tuple[float, float]] = field(default_factory=list)
 
@@ -100,9 +100,9 @@ class Engine:
         self.transports[transport.name] = transport
         return _Inbound(self, transport.name)
 
-    def submit(self, transport: str, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
-        fut: Future[list[pb.Envelope]] = Future()
-        self._events.put(("envelope", transport, peer, env, fut))
+    def submit(self, transport: str, peer: str | None, msg: Message) -> Future[list[Message]]:
+        fut: Future[list[Message]] = Future()
+        self._events.put(("message", transport, peer, msg, fut))
         return fut
 
     def disconnected(self, agent_id: str, reason: str) -> None:
@@ -140,9 +140,10 @@ class Engine:
                 rec.connected, rec.disconnected_at = False, time.time()
                 log.info("agent %s disconnected (%s)", event[1], event[2])
             return
-        _, transport, peer, env, fut = event
+        _, transport, peer, msg, fut = event
+        env = msg.envelope
         try:
-            fut.set_result(self._dispatch(transport, peer, env))
+            fut.set_result(self._dispatch(transport, peer, msg))
         except Rejection as r:
             log.warning("refused %s from %s: %s", kind_of(env), peer or env.agent_id or "?", r)
             fut.set_exception(r)
@@ -150,7 +151,8 @@ class Engine:
             log.exception("internal error on %s from %s", kind_of(env), env.agent_id)
             fut.set_exception(Rejection(pb.ERROR_CODE_INTERNAL, f"coordinator error: {exc}"))
 
-    def _dispatch(self, transport: str, peer: str | None, env: pb.Envelope) -> list[pb.Envelope]:
+    def _dispatch(self, transport: str, peer: str | None, msg: Message) -> list[Message]:
+        env = msg.envelope
         kind = kind_of(env)
         if kind == "register":
             return self._register(transport, peer, env)
@@ -161,11 +163,13 @@ class Engine:
                     f"public data {env.public_data_request.sha256[:12]} is not this run's "
                     f"({self.public.info.sha256[:12]})"
                 )
-            self._count_tensor(0, down=codec.encoded_bytes(self.public.tensor))
-            return [self._envelope(rec.info.agent_id, 0, public_data=pb.PublicData(
-                info=self.public.info, images=self.public.tensor))]
+            blobs: codec.Blobs = []
+            images = codec.encode("images", self.public.images, blobs=blobs)
+            self._count_tensor(0, down=codec.encoded_bytes(images, blobs))
+            return [self._message(rec.info.agent_id, 0, blobs, public_data=pb.PublicData(
+                info=self.public.info, images=images))]
         if kind == "result":
-            self._accept(rec, env)
+            self._accept(rec, msg)
             return []
         if kind == "metrics":
             return []
@@ -187,7 +191,7 @@ class Engine:
                             f"unknown agent {env.agent_id!r}: send Register first")
         return rec
 
-    def _register(self, transport: str, peer: str | None, env: pb.Envelope) -> list[pb.Envelope]:
+    def _register(self, transport: str, peer: str | None, env: pb.Envelope) -> list[Message]:
         agent_id, reg = env.agent_id, env.register
         if not ID_PATTERN.match(agent_id):
             raise errors.invalid(f"agent id {agent_id!r} must be 1-64 letters, digits, '_.-'")
@@ -217,9 +221,9 @@ class Engine:
         log.info("agent %s %s (%s, %d params, %d samples) over %s",
                  agent_id, "reconnected" if known else "registered", info.architecture,
                  info.parameter_count, info.num_train_samples, transport)
-        replies = [self._envelope(agent_id, self.completed_rounds, run_config=self._run_config())]
+        replies = [self._message(agent_id, self.completed_rounds, run_config=self._run_config())]
         if self.done.is_set():
-            replies.append(self._envelope(agent_id, 0, shutdown=pb.Shutdown(reason="run finished")))
+            replies.append(self._message(agent_id, 0, shutdown=pb.Shutdown(reason="run finished")))
         elif self.phase is not None and agent_id in self.phase.missing:
             replies.append(self.phase.tasks[agent_id])
         return replies
@@ -235,7 +239,8 @@ class Engine:
             max_message_bytes=self.cfg.server.max_message_bytes,
         )
 
-    def _accept(self, rec: AgentRecord, env: pb.Envelope) -> None:
+    def _accept(self, rec: AgentRecord, msg: Message) -> None:
+        env = msg.envelope
         phase, res, agent_id = self.phase, env.result, env.agent_id
         if phase is None or env.round != phase.round or res.phase != phase.index:
             where = "no phase is open" if phase is None else (
@@ -249,16 +254,17 @@ class Engine:
             raise Rejection(pb.ERROR_CODE_ALREADY_EXISTS,
                             f"duplicate upload: {agent_id} already answered round {env.round} "
                             f"phase {res.phase}")
-        action = phase.tasks[agent_id].task.action
+        action = phase.tasks[agent_id].envelope.task.action
         if res.action != action:
             raise errors.invalid(f"result is for action {res.action!r}, the task was {action!r}")
-        tensors = codec.decode_many(res.tensors, require_finite=True)
+        tensors = codec.decode_many(res.tensors, msg.blobs, require_finite=True)
         reply = Reply(action, tensors, dict(res.metrics))
         if phase.round <= self.cfg.run.rounds:
             self.strategy.validate(phase.round, phase.index, rec.info, reply)
         phase.replies[agent_id] = reply
         phase.busy.extend((b.start_unix, b.end_unix) for b in res.busy)
-        self._count_tensor(phase.round, up=sum(codec.encoded_bytes(t) for t in res.tensors))
+        self._count_tensor(phase.round,
+                           up=sum(codec.encoded_bytes(t, msg.blobs) for t in res.tensors))
         if action == FINISH:
             self.store.save_final(agent_id, reply.metrics)
         else:
@@ -317,17 +323,18 @@ class Engine:
             self._send(agent_id, env)
 
     def _task(self, agent_id: str, rnd: int, index: int, ins: Instruction,
-              sel: pb.PublicSelection) -> pb.Envelope:
-        tensors = codec.encode_many(ins.tensors, ins.wire)
-        self._count_tensor(rnd, down=sum(map(codec.encoded_bytes, tensors)))
+              sel: pb.PublicSelection) -> Message:
+        blobs: codec.Blobs = []
+        tensors = codec.encode_many(ins.tensors, ins.wire, blobs)
+        self._count_tensor(rnd, down=sum(codec.encoded_bytes(t, blobs) for t in tensors))
         task = pb.Task(phase=index, action=ins.action, public=sel, params=to_values(ins.params),
                        tensors=tensors)
-        return self._envelope(agent_id, rnd, task=task)
+        return self._message(agent_id, rnd, blobs, task=task)
 
-    def _send(self, agent_id: str, env: pb.Envelope) -> None:
+    def _send(self, agent_id: str, msg: Message) -> None:
         rec = self.agents[agent_id]
         transport = self.transports.get(rec.transport)
-        if transport is None or not transport.send(agent_id, env):
+        if transport is None or not transport.send(agent_id, msg):
             log.info("agent %s unreachable now; its task waits for its reconnect", agent_id)
 
     def _close_phase(self, phase: Phase) -> None:
@@ -389,7 +396,7 @@ class Engine:
         rnd = self.cfg.run.rounds + 1
         self.round_started, self.round_busy = time.time(), []
         now = time.time()
-        tasks = {a: self._envelope(a, rnd, task=pb.Task(phase=0, action=FINISH)) for a in todo}
+        tasks = {a: self._message(a, rnd, task=pb.Task(phase=0, action=FINISH)) for a in todo}
         self.phase = Phase(rnd, 0, now, now + self.cfg.run.finish_timeout_s, tasks)
         for agent_id, env in tasks.items():
             self._send(agent_id, env)
@@ -400,17 +407,19 @@ class Engine:
         self.store.set_meta("finished_at", str(time.time()))
         for agent_id, rec in self.agents.items():
             if rec.connected:
-                self._send(agent_id, self._envelope(agent_id, 0,
-                                                    shutdown=pb.Shutdown(reason="run finished")))
+                self._send(agent_id, self._message(agent_id, 0,
+                                                   shutdown=pb.Shutdown(reason="run finished")))
         log.info("run %s finished", self.cfg.run.id)
         self.done.set()
 
     # Helpers.
 
-    def _envelope(self, agent_id: str, rnd: int, **body: Any) -> pb.Envelope:
+    def _message(self, agent_id: str, rnd: int, blobs: codec.Blobs | None = None,
+                 **body: Any) -> Message:
         self._seq += 1
-        return pb.Envelope(agent_id=agent_id, run_id=self.cfg.run.id, round=rnd, seq=self._seq,
-                           **body)
+        env = pb.Envelope(agent_id=agent_id, run_id=self.cfg.run.id, round=rnd, seq=self._seq,
+                          **body)
+        return Message(env, blobs or [])
 
     def _count_tensor(self, rnd: int, *, up: int = 0, down: int = 0) -> None:
         counts = self.tensor_bytes.setdefault(rnd, [0, 0])
@@ -443,8 +452,8 @@ class _Inbound:
     def __init__(self, engine: Engine, transport: str) -> None:
         self._engine, self._transport = engine, transport
 
-    def on_envelope(self, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
-        return self._engine.submit(self._transport, peer, env)
+    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+        return self._engine.submit(self._transport, peer, msg)
 
     def on_disconnect(self, agent_id: str, reason: str) -> None:
         self._engine.disconnected(agent_id, reason)

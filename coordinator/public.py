@@ -9,13 +9,12 @@ import numpy as np
 
 from pfl_edge import public_data
 from pfl_edge.v1 import messages_pb2 as pb
-from pfl_edge.v1 import tensor_pb2 as tpb
 
 
 @dataclass(frozen=True)
 class PublicSet:
     info: pb.PublicDataInfo
-    tensor: tpb.Tensor
+    images: np.ndarray
 
     @property
     def num_samples(self) -> int:
@@ -48,5 +47,4 @@ def load_images(dataset: str, samples: int) -> tuple[str, np.ndarray]:
 
 def build(dataset: str, samples: int) -> PublicSet:
     name, images = load_images(dataset, samples)
-    info, tensor = public_data.info_for(name, images)
-    return PublicSet(info, tensor)
+    return PublicSet(public_data.describe(name, images), images)

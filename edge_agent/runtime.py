@@ -26,7 +26,7 @@ from pfl_edge.data._npz import load_npz_arrays, save_npz_atomic
 from pfl_edge.data.fetch import default_cache_dir
 from pfl_edge.data.partition import ClientData, load_client
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import kind_of
+from pfl_edge.framing import Message, kind_of
 from pfl_edge.retry import retry
 from pfl_edge.transport.base import ClientTransport, TransportClosed
 from pfl_edge.transport.factory import client_for
@@ -86,8 +86,8 @@ class Agent:
         self.learner: Learner | None = None
         self.run_config: pb.RunConfig | None = None
         self.public: np.ndarray | None = None
-        self.pending: list[pb.Envelope] = []
-        self.sent: dict[tuple[int, int], pb.Envelope] = {}
+        self.pending: list[Message] = []
+        self.sent: dict[tuple[int, int], Message] = {}
         self.transport: ClientTransport | None = None
         self.final: dict[str, float] = {}
         self._seq = 0
@@ -116,8 +116,8 @@ class Agent:
                   deadline_s=self.opts.give_up_after_s, on_retry=self._on_retry)
             self._send(0, register=self._registration())
             while True:
-                env = t.recv(None)
-                if env is not None and self._handle(env):
+                msg = t.recv(None)
+                if msg is not None and self._handle(msg):
                     return
         finally:
             t.close()
@@ -140,20 +140,21 @@ class Agent:
             public_data_sha256=cached,
         )
 
-    def _handle(self, env: pb.Envelope) -> bool:
+    def _handle(self, msg: Message) -> bool:
+        env = msg.envelope
         kind = kind_of(env)
         if kind == "run_config":
             self._configure(env.run_config)
         elif kind == "public_data":
-            self._store_public(env.public_data)
+            self._store_public(msg)
             pending, self.pending = self.pending, []
-            for task_env in pending:
-                self._task(task_env)
+            for task_msg in pending:
+                self._task(task_msg)
         elif kind == "task":
             if self.learner is None:
-                self.pending.append(env)
+                self.pending.append(msg)
             else:
-                self._task(env)
+                self._task(msg)
         elif kind == "error":
             log.error("coordinator refused a message: %s", env.error.message)
         elif kind == "shutdown":
@@ -179,22 +180,21 @@ class Agent:
         if not path.exists():
             return None
         images = load_npz_arrays(path, ["images"])["images"]
-        _, tensor = public_data.info_for(info.name, images)
-        if public_data.images_sha256(tensor) != info.sha256:
+        if public_data.images_sha256(images) != info.sha256:
             log.warning("cached public set %s is corrupt; fetching it again", path)
             return None
         return images
 
-    def _store_public(self, msg: pb.PublicData) -> None:
+    def _store_public(self, msg: Message) -> None:
         assert self.run_config is not None
         want = self.run_config.public_data.sha256
-        got = public_data.images_sha256(msg.images)
-        if got != want or msg.info.sha256 != want:
+        images = codec.decode(msg.envelope.public_data.images, msg.blobs)
+        got = public_data.images_sha256(images)
+        if got != want:
             raise TransportClosed(f"public set hash {got[:12]} does not match {want[:12]}")
-        images = codec.decode(msg.images)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        save_npz_atomic(self.cache_dir / f"{want}.npz", {"images": np.asarray(images)})
-        self.public = np.asarray(images)
+        save_npz_atomic(self.cache_dir / f"{want}.npz", {"images": images})
+        self.public = images
         log.info("public set verified (sha256 %s) and cached", want[:12])
         self._make_learner()
 
@@ -208,7 +208,8 @@ class Agent:
             rng=self.rng,
         ))
 
-    def _task(self, env: pb.Envelope) -> None:
+    def _task(self, msg: Message) -> None:
+        env = msg.envelope
         task = env.task
         key = (env.round, task.phase)
         if key in self.sent:
@@ -224,7 +225,7 @@ class Agent:
             try:
                 view = TaskView(
                     round=env.round, phase=task.phase, action=task.action,
-                    tensors=codec.decode_many(task.tensors, require_finite=True),
+                    tensors=codec.decode_many(task.tensors, msg.blobs, require_finite=True),
                     params=from_values(task.params),
                     public_indices=public_data.resolve(task.public, len(self.public)),
                 )
@@ -234,13 +235,14 @@ class Agent:
             reply = self.learner.handle(view)
             spans = self.learner.take_spans()
         wire = str(self.learner.ctx.params.get("wire", "float32"))
+        blobs: codec.Blobs = []
         result = pb.Result(
             phase=task.phase, action=task.action,
-            tensors=codec.encode_many(reply.tensors, wire),  # type: ignore[arg-type]
+            tensors=codec.encode_many(reply.tensors, wire, blobs),  # type: ignore[arg-type]
             metrics=reply.metrics,
             busy=_cover(spans),
         )
-        self._send(env.round, remember=key, result=result)
+        self._send(env.round, remember=key, blobs=blobs, result=result)
         acc = reply.metrics.get("test_acc")
         if acc is not None:
             log.info("round %d: test accuracy %.4f", env.round, acc)
@@ -263,15 +265,17 @@ class Agent:
         }
         return LearnerReply({}, dict(self.final))
 
-    def _send(self, rnd: int, remember: tuple[int, int] | None = None, **body: object) -> None:
-        """Send one envelope; `remember` keeps it to answer a repeated task after a reconnect."""
+    def _send(self, rnd: int, remember: tuple[int, int] | None = None,
+              blobs: codec.Blobs | None = None, **body: object) -> None:
+        """Send one message; `remember` keeps it to answer a repeated task after a reconnect."""
         assert self.transport is not None
         self._seq += 1
         env = pb.Envelope(agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=rnd,
                           seq=self._seq, **body)  # type: ignore[arg-type]
+        msg = Message(env, blobs or [])
         if remember is not None:
-            self.sent[remember] = env
-        self.transport.send(env)
+            self.sent[remember] = msg
+        self.transport.send(msg)
 
 
 def _cover(spans: list[Span]) -> list[pb.Interval]:

@@ -1,5 +1,8 @@
 """Tensor codec: numpy arrays to pfl_edge.v1.Tensor and back.
 
+Large data can travel as a blob of the message (see pfl_edge.framing) instead of inside
+the protobuf: pass `blobs` to `encode`, and the message's blobs to `decode`.
+
 Encodings: float32 and float16 raw (decode is a zero-copy view of the message bytes),
 and int8 with an affine scale and offset per row (first axis), about 4x smaller than
 float32. Rows shorter than `PER_ROW_MIN_ELEMENTS` (soft predictions: one row of C
@@ -11,8 +14,8 @@ before anything is allocated.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +29,11 @@ WIRE_FORMATS: tuple[WireFormat, ...] = ("float32", "float16", "int8")
 
 PER_ROW_MIN_ELEMENTS = 64
 """int8 rows at least this long get their own scale and offset."""
+
+BLOB_MIN_BYTES = 64 << 10
+"""Tensor data at least this large goes to a blob when the caller offers a blob list."""
+
+Blobs = list[bytes | bytearray | memoryview | np.ndarray]
 
 _DTYPES: dict[int, np.dtype[np.generic]] = {
     tpb.DTYPE_FLOAT32: np.dtype("<f4"),
@@ -49,33 +57,41 @@ def dtype_code(dtype: npt.DTypeLike) -> int:
         ) from None
 
 
-def encode(name: str, array: npt.ArrayLike, wire: WireFormat | None = None) -> tpb.Tensor:
-    """Encode an array. `wire` picks float32/float16/int8 for float input; None keeps its dtype."""
+def encode(
+    name: str, array: npt.ArrayLike, wire: WireFormat | None = None, blobs: Blobs | None = None
+) -> tpb.Tensor:
+    """Encode an array. `wire` picks float32/float16/int8 for float input; None keeps its dtype.
+
+    With `blobs`, data of at least BLOB_MIN_BYTES is appended there (without a copy when
+    the array already has the wire dtype) and the tensor names it.
+    """
     arr = np.asarray(array)
     if wire is None or not np.issubdtype(arr.dtype, np.floating):
-        return _raw(name, arr, arr.dtype)
-    if wire == "float32":
-        return _raw(name, arr, np.dtype("<f4"))
-    if wire == "float16":
-        return _raw(name, arr, np.dtype("<f2"))
-    if wire == "int8":
-        return _affine_int8(name, arr)
-    raise ValueError(f"unknown wire format {wire!r}; use one of {WIRE_FORMATS}")
+        t, data = _raw(name, arr, arr.dtype)
+    elif wire == "float32":
+        t, data = _raw(name, arr, np.dtype("<f4"))
+    elif wire == "float16":
+        t, data = _raw(name, arr, np.dtype("<f2"))
+    elif wire == "int8":
+        t, data = _affine_int8(name, arr)
+    else:
+        raise ValueError(f"unknown wire format {wire!r}; use one of {WIRE_FORMATS}")
+    if blobs is not None and data.nbytes >= BLOB_MIN_BYTES:
+        blobs.append(data)
+        t.blob = len(blobs)
+    else:
+        t.data = data.tobytes()
+    return t
 
 
-def _raw(name: str, arr: np.ndarray, dtype: np.dtype[np.generic]) -> tpb.Tensor:
+def _raw(name: str, arr: np.ndarray, dtype: np.dtype[np.generic]) -> tuple[tpb.Tensor, np.ndarray]:
     code = dtype_code(dtype)
     data = np.ascontiguousarray(arr, dtype=_DTYPES[code])
-    return tpb.Tensor(
-        name=name,
-        dtype=code,
-        shape=list(arr.shape),
-        encoding=tpb.ENCODING_RAW,
-        data=data.tobytes(),
-    )
+    t = tpb.Tensor(name=name, dtype=code, shape=list(arr.shape), encoding=tpb.ENCODING_RAW)
+    return t, data
 
 
-def _affine_int8(name: str, arr: np.ndarray) -> tpb.Tensor:
+def _affine_int8(name: str, arr: np.ndarray) -> tuple[tpb.Tensor, np.ndarray]:
     n_rows = arr.shape[0] if arr.ndim else 1
     n_cols = math.prod(arr.shape[1:]) if arr.ndim else 1
     rows = np.ascontiguousarray(arr, dtype=np.float32).reshape(n_rows, n_cols)
@@ -93,15 +109,15 @@ def _affine_int8(name: str, arr: np.ndarray) -> tpb.Tensor:
     offset = (lo + 128.0 * scale).astype(np.float32)
     q = np.rint((rows - offset[:, None]) / scale[:, None])
     codes = np.clip(q, -128, 127).astype(np.int8)
-    return tpb.Tensor(
+    t = tpb.Tensor(
         name=name,
         dtype=tpb.DTYPE_FLOAT32,
         shape=list(arr.shape),
         encoding=tpb.ENCODING_AFFINE_ROW_INT8,
-        data=codes.tobytes(),
         scale=scale.tobytes(),
         offset=offset.tobytes(),
     )
+    return t, codes
 
 
 def _checked_shape(t: tpb.Tensor, max_elements: int) -> tuple[tuple[int, ...], int]:
@@ -118,12 +134,14 @@ def _checked_shape(t: tpb.Tensor, max_elements: int) -> tuple[tuple[int, ...], i
 
 def decode(
     t: tpb.Tensor,
+    blobs: Sequence[bytes | bytearray | memoryview | np.ndarray] = (),
     *,
     max_elements: int = MAX_TENSOR_ELEMENTS,
     require_finite: bool = False,
 ) -> np.ndarray:
-    """Decode a Tensor; raw encodings return a read-only view of the message bytes.
+    """Decode a Tensor; raw encodings return a view of the bytes (no copy).
 
+    `blobs` are the message's blobs, for a tensor whose data travelled as one.
     Raises `Rejection` (INVALID_ARGUMENT / RESOURCE_EXHAUSTED) when the declared shape,
     dtype and byte lengths disagree, or when `require_finite` and a value is NaN/Inf.
     """
@@ -131,15 +149,16 @@ def decode(
     dtype = _DTYPES.get(t.dtype)
     if dtype is None:
         raise errors.invalid(f"tensor {t.name!r} has unknown dtype code {t.dtype}")
+    data = _data(t, blobs)
     if t.encoding == tpb.ENCODING_RAW:
-        if len(t.data) != count * dtype.itemsize:
+        if len(data) != count * dtype.itemsize:
             raise errors.invalid(
-                f"tensor {t.name!r}: {len(t.data)} bytes do not match shape {list(shape)} "
+                f"tensor {t.name!r}: {len(data)} bytes do not match shape {list(shape)} "
                 f"of {dtype.name} ({count * dtype.itemsize} bytes expected)"
             )
-        out = np.frombuffer(t.data, dtype=dtype).reshape(shape)
+        out = np.frombuffer(data, dtype=dtype).reshape(shape)
     elif t.encoding == tpb.ENCODING_AFFINE_ROW_INT8:
-        out = _decode_affine(t, shape, count)
+        out = _decode_affine(t, data, shape, count)
     else:
         raise errors.invalid(f"tensor {t.name!r} has unknown encoding code {t.encoding}")
     if require_finite and np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
@@ -147,18 +166,30 @@ def decode(
     return out
 
 
-def _decode_affine(t: tpb.Tensor, shape: tuple[int, ...], count: int) -> np.ndarray:
+def _data(t: tpb.Tensor, blobs: Sequence[bytes | bytearray | memoryview | np.ndarray]) -> Any:
+    if not t.blob:
+        return t.data
+    if t.data or t.blob > len(blobs):
+        raise errors.invalid(
+            f"tensor {t.name!r} names blob {t.blob} (of {len(blobs)}) and has "
+            f"{len(t.data)} inline bytes"
+        )
+    blob = blobs[t.blob - 1]
+    return memoryview(np.ascontiguousarray(blob) if isinstance(blob, np.ndarray) else blob).cast("B")
+
+
+def _decode_affine(t: tpb.Tensor, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
     if t.dtype != tpb.DTYPE_FLOAT32:
         raise errors.invalid(f"tensor {t.name!r}: int8 affine encoding must decode to float32")
     rows = shape[0] if shape else 1
     groups = len(t.scale) // 4
-    if (len(t.data) != count or groups not in (1, rows) or len(t.scale) % 4
+    if (len(data) != count or groups not in (1, rows) or len(t.scale) % 4
             or len(t.offset) != len(t.scale)):
         raise errors.invalid(
-            f"tensor {t.name!r}: int8 affine sizes (data {len(t.data)}, scale {len(t.scale)}, "
+            f"tensor {t.name!r}: int8 affine sizes (data {len(data)}, scale {len(t.scale)}, "
             f"offset {len(t.offset)} bytes) do not match shape {list(shape)}"
         )
-    codes = np.frombuffer(t.data, dtype=np.int8).reshape(rows, count // rows if rows else 0)
+    codes = np.frombuffer(data, dtype=np.int8).reshape(rows, count // rows if rows else 0)
     if rows == 0:
         return np.zeros(shape, dtype=np.float32)
     scale = np.frombuffer(t.scale, dtype="<f4")
@@ -169,22 +200,30 @@ def _decode_affine(t: tpb.Tensor, shape: tuple[int, ...], count: int) -> np.ndar
     return out.reshape(shape)
 
 
-def encoded_bytes(t: tpb.Tensor) -> int:
-    """Bytes of tensor content (data + scale + offset), excluding the protobuf header."""
-    return len(t.data) + len(t.scale) + len(t.offset)
+def encoded_bytes(t: tpb.Tensor, blobs: Sequence[Any] = ()) -> int:
+    """Bytes of tensor content (data or blob, scale, offset), excluding protobuf headers."""
+    data = len(t.data) if not t.blob else memoryview(blobs[t.blob - 1]).nbytes
+    return data + len(t.scale) + len(t.offset)
 
 
-def encode_many(arrays: Mapping[str, npt.ArrayLike], wire: WireFormat | None = None) -> list[tpb.Tensor]:
-    return [encode(name, arr, wire) for name, arr in arrays.items()]
+def encode_many(
+    arrays: Mapping[str, npt.ArrayLike], wire: WireFormat | None = None,
+    blobs: Blobs | None = None,
+) -> list[tpb.Tensor]:
+    return [encode(name, arr, wire, blobs) for name, arr in arrays.items()]
 
 
 def decode_many(
-    tensors: Iterable[tpb.Tensor], *, max_elements: int = MAX_TENSOR_ELEMENTS, require_finite: bool = False
+    tensors: Iterable[tpb.Tensor],
+    blobs: Sequence[Any] = (),
+    *,
+    max_elements: int = MAX_TENSOR_ELEMENTS,
+    require_finite: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode named tensors; a repeated name is refused."""
     out: dict[str, np.ndarray] = {}
     for t in tensors:
         if t.name in out:
             raise errors.invalid(f"tensor name {t.name!r} appears twice")
-        out[t.name] = decode(t, max_elements=max_elements, require_finite=require_finite)
+        out[t.name] = decode(t, blobs, max_elements=max_elements, require_finite=require_finite)
     return out

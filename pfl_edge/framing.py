@@ -1,22 +1,49 @@
-"""Frames: what a transport carries. Large envelopes are split into chunks with an
-integrity hash and reassembled on the other side; the declared size is checked
-against the receiver's maximum before any buffer is allocated.
+"""Frames: what a transport carries.
+
+A `Message` is an envelope plus its blobs: the data of large tensors, kept out of the
+protobuf so that no 100 MB copy is ever made of it. A message without blobs travels as
+one Envelope frame. A message with blobs travels as a Head frame (the envelope and the
+blob sizes) followed by Chunk frames: each a slice of one blob, in order, with its own
+sha256. The receiver checks the declared sizes against its maximum before allocating,
+fills one buffer per blob, and verifies every chunk.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from pfl_edge import errors
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.v1 import tensor_pb2 as tpb
 
+Buffer = bytes | bytearray | memoryview | np.ndarray
+"""A blob: any C-contiguous buffer."""
+
+MAX_BLOBS = 4096
 MAX_OPEN_TRANSFERS = 4
-"""Chunked transfers one sender may have in progress at once."""
+"""Transfers one sender may have in progress at once."""
+MIN_CHUNK_BYTES = 1024
+
+_LEN = 2  # protobuf wire type of length-delimited fields
+
+
+@dataclass
+class Message:
+    envelope: pb.Envelope
+    blobs: list[Buffer] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.envelope)
 
 
 def kind_of(env: pb.Envelope) -> str:
@@ -24,144 +51,288 @@ def kind_of(env: pb.Envelope) -> str:
     return env.WhichOneof("body") or "empty"
 
 
+def tensors_of(env: pb.Envelope) -> list[tpb.Tensor]:
+    """Every tensor an envelope carries (the places the wire protocol puts them)."""
+    kind = kind_of(env)
+    if kind == "task":
+        return list(env.task.tensors)
+    if kind == "result":
+        return list(env.result.tensors)
+    if kind == "public_data":
+        return [env.public_data.images]
+    return []
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """Key and length prefix of a length-delimited protobuf field."""
+    return _varint(number << 3 | _LEN) + _varint(length)
+
+
 class Framer:
-    """Turns envelopes into frames; envelopes above `chunk_bytes` become chunk frames."""
+    """Turns messages into serialized frames."""
 
     def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
-        if chunk_bytes < 1024:
-            raise ValueError(f"chunk_bytes must be at least 1024, got {chunk_bytes}")
+        if chunk_bytes < MIN_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be at least {MIN_CHUNK_BYTES}, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
         self._ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 16)
 
-    def frames(self, env: pb.Envelope) -> Iterator[pb.Frame]:
-        if env.ByteSize() <= self.chunk_bytes:
-            yield pb.Frame(envelope=env)
+    def frames(self, msg: Message) -> Iterator[bytes]:
+        env, blobs = msg.envelope, list(msg.blobs)
+        if not blobs and env.ByteSize() > self.chunk_bytes:
+            env, blobs = externalize(env, self.chunk_bytes // 4)
+        if not blobs:
+            yield pb.Frame(envelope=env).SerializeToString()
             return
-        data = env.SerializeToString()
-        yield from self.chunk_frames(data)
-
-    def chunk_frames(self, data: bytes) -> Iterator[pb.Frame]:
-        """Chunks of an already encoded envelope."""
-        digest = hashlib.sha256(data).digest()
-        count = -(-len(data) // self.chunk_bytes)
+        views = blob_views(blobs)
         transfer_id = next(self._ids)
-        for index in range(count):
-            piece = data[index * self.chunk_bytes : (index + 1) * self.chunk_bytes]
-            yield pb.Frame(
-                chunk=pb.Chunk(
-                    transfer_id=transfer_id,
-                    index=index,
-                    count=count,
-                    total_bytes=len(data),
-                    sha256=digest,
-                    data=piece,
-                )
-            )
+        head = pb.Head(transfer_id=transfer_id, envelope=env,
+                       blob_bytes=[v.nbytes for v in views], chunk_bytes=self.chunk_bytes)
+        yield pb.Frame(head=head).SerializeToString()
+        pieces = [(number, index, view[start:start + self.chunk_bytes])
+                  for number, view in enumerate(views, start=1)
+                  for index, start in enumerate(range(0, view.nbytes, self.chunk_bytes))]
+        # hashlib releases the GIL: the digests are computed on another core while the
+        # frames already hashed are built and sent.
+        digests = _hash_pool().map(_sha256, (p[2] for p in pieces))
+        for (number, index, data), digest in zip(pieces, digests, strict=True):
+            yield self._chunk(transfer_id, number, index, data, digest)
+
+    @staticmethod
+    def _chunk(transfer_id: int, blob: int, index: int, data: memoryview, digest: bytes) -> bytes:
+        # Hand-built Frame{chunk{..., data}} so that the data is copied once, into the frame.
+        header = pb.Chunk(transfer_id=transfer_id, blob=blob, index=index,
+                          sha256=digest).SerializeToString()
+        data_key = _field(5, data.nbytes)
+        inner = len(header) + len(data_key) + data.nbytes
+        return b"".join((_field(3, inner), header, data_key, data))
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+@functools.cache
+def _hash_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunk-hash")
+
+
+def externalize(env: pb.Envelope, min_bytes: int) -> tuple[pb.Envelope, list[Buffer]]:
+    """A copy of `env` whose tensors of at least `min_bytes` name blobs instead."""
+    out = pb.Envelope()
+    out.CopyFrom(env)
+    blobs: list[Buffer] = []
+    for t in tensors_of(out):
+        if not t.blob and len(t.data) >= min_bytes:
+            blobs.append(t.data)
+            t.data = b""
+            t.blob = len(blobs)
+    return out, blobs
 
 
 @dataclass
 class _Transfer:
-    count: int
-    total_bytes: int
-    sha256: bytes
-    buffer: bytearray
-    filled: int = 0
-    next_index: int = 0
-    wire_bytes: int = 0
+    head: pb.Head
+    buffers: list[bytearray]
+    next_index: list[int]
+    remaining: int
+    wire_bytes: int
+    frames: int = 1
 
 
 @dataclass(frozen=True)
 class Received:
-    """A whole envelope and what it cost on the wire (all its frames)."""
+    """A whole message and what it cost on the wire (all its frames)."""
 
-    envelope: pb.Envelope
+    message: Message
     wire_bytes: int
     frames: int
+
+    @property
+    def envelope(self) -> pb.Envelope:
+        return self.message.envelope
 
 
 @dataclass
 class Reassembler:
-    """Collects the frames of one sender. Chunks of a transfer must arrive in order;
-    a repeated chunk (at-least-once delivery) is ignored."""
+    """Reads the frames of one sender."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     _open: dict[int, _Transfer] = field(default_factory=dict)
 
-    def feed(self, frame: pb.Frame, wire_bytes: int) -> Received | None:
-        """Add one frame; returns the envelope once complete. Raises `Rejection`."""
+    def feed(self, raw: bytes, wire_bytes: int) -> Received | None:
+        """Add one serialized frame; returns the message once complete. Raises `Rejection`."""
+        chunk = _parse_chunk_frame(raw)
+        if chunk is not None:
+            return self._feed_chunk(chunk, wire_bytes)
+        frame = pb.Frame()
+        try:
+            frame.ParseFromString(raw)
+        except Exception:  # protobuf's DecodeError and friends
+            raise errors.invalid(
+                f"malformed frame: {len(raw)} bytes that are not a pfl_edge.v1.Frame"
+            ) from None
         kind = frame.WhichOneof("kind")
         if kind == "envelope":
-            return Received(frame.envelope, wire_bytes, 1)
-        if kind != "chunk":
-            raise errors.invalid("frame carries neither an envelope nor a chunk")
-        return self._feed_chunk(frame.chunk, wire_bytes)
+            _check_blob_refs(frame.envelope, 0)
+            return Received(Message(frame.envelope), wire_bytes, 1)
+        if kind == "head":
+            self._start(frame.head, wire_bytes)
+            return None
+        if kind == "chunk":
+            c = frame.chunk
+            return self._feed_chunk(_ChunkView(c.transfer_id, c.blob, c.index, c.sha256, c.data),
+                                    wire_bytes)
+        raise errors.invalid("frame carries no envelope, head or chunk")
 
-    def _feed_chunk(self, c: pb.Chunk, wire_bytes: int) -> Received | None:
+    def _start(self, head: pb.Head, wire_bytes: int) -> None:
+        sizes = list(head.blob_bytes)
+        total = sum(sizes)
+        if total > self.max_message_bytes:
+            raise errors.too_large(
+                f"transfer {head.transfer_id} declares {total} bytes, above this receiver's "
+                f"maximum of {self.max_message_bytes}"
+            )
+        if not 0 < len(sizes) <= MAX_BLOBS or head.chunk_bytes < MIN_CHUNK_BYTES:
+            raise errors.invalid(
+                f"transfer {head.transfer_id}: bad head ({len(sizes)} blobs, chunks of "
+                f"{head.chunk_bytes} bytes)"
+            )
+        if head.transfer_id in self._open or len(self._open) >= MAX_OPEN_TRANSFERS:
+            raise errors.too_large(
+                f"transfer {head.transfer_id} is already open, or more than "
+                f"{MAX_OPEN_TRANSFERS} transfers are open at once from one sender"
+            )
+        _check_blob_refs(head.envelope, len(sizes))
+        t = _Transfer(head, [bytearray(n) for n in sizes], [0] * len(sizes),
+                      sum(_chunk_count(n, head.chunk_bytes) for n in sizes), wire_bytes)
+        if t.remaining == 0:
+            raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
+        self._open[head.transfer_id] = t
+
+    def _feed_chunk(self, c: _ChunkView, wire_bytes: int) -> Received | None:
         t = self._open.get(c.transfer_id)
         if t is None:
-            t = self._start(c)
-        if c.index < t.next_index:
-            t.wire_bytes += wire_bytes
-            return None
-        if (c.index != t.next_index or c.count != t.count or c.total_bytes != t.total_bytes
-                or c.sha256 != t.sha256):
-            del self._open[c.transfer_id]
             raise errors.data_loss(
-                f"transfer {c.transfer_id}: chunk {c.index}/{c.count} does not continue "
-                f"chunk {t.next_index}/{t.count}; transfer dropped"
+                f"chunk of unknown transfer {c.transfer_id}: its head was lost or refused"
             )
-        end = t.filled + len(c.data)
-        if end > t.total_bytes:
-            del self._open[c.transfer_id]
-            raise errors.data_loss(
-                f"transfer {c.transfer_id}: chunks exceed the declared {t.total_bytes} bytes"
-            )
-        t.buffer[t.filled : end] = c.data
-        t.filled, t.next_index = end, t.next_index + 1
+        if not 1 <= c.blob <= len(t.buffers):
+            self._drop(c.transfer_id)
+            raise errors.invalid(f"transfer {c.transfer_id}: chunk names blob {c.blob} of "
+                                 f"{len(t.buffers)}")
+        buf, expected = t.buffers[c.blob - 1], t.next_index[c.blob - 1]
         t.wire_bytes += wire_bytes
-        if t.next_index < t.count:
+        t.frames += 1
+        if c.index < expected:
+            return None  # a repeat from an at-least-once transport
+        start = c.index * t.head.chunk_bytes
+        want = min(t.head.chunk_bytes, len(buf) - start)
+        if c.index != expected or len(c.data) != want:
+            self._drop(c.transfer_id)
+            raise errors.data_loss(
+                f"transfer {c.transfer_id} blob {c.blob}: got chunk {c.index} of "
+                f"{len(c.data)} bytes, expected chunk {expected} of {want}; transfer dropped"
+            )
+        data = c.data
+        if hashlib.sha256(data).digest() != c.sha256:
+            self._drop(c.transfer_id)
+            raise errors.data_loss(
+                f"transfer {c.transfer_id} blob {c.blob} chunk {c.index}: sha256 mismatch"
+            )
+        buf[start:start + want] = data
+        t.next_index[c.blob - 1] += 1
+        t.remaining -= 1
+        if t.remaining:
             return None
         del self._open[c.transfer_id]
-        return self._finish(c.transfer_id, t)
+        blobs: list[Buffer] = list(t.buffers)
+        return Received(Message(t.head.envelope, blobs), t.wire_bytes, t.frames)
 
-    def _start(self, c: pb.Chunk) -> _Transfer:
-        if c.total_bytes > self.max_message_bytes:
-            raise errors.too_large(
-                f"transfer {c.transfer_id} declares {c.total_bytes} bytes, above this "
-                f"receiver's maximum of {self.max_message_bytes}"
-            )
-        if c.count == 0 or c.count > c.total_bytes or len(c.sha256) != 32:
-            raise errors.invalid(
-                f"transfer {c.transfer_id}: bad chunk header (count {c.count}, "
-                f"total {c.total_bytes} bytes, sha256 of {len(c.sha256)} bytes)"
-            )
-        if c.index != 0:
-            raise errors.data_loss(
-                f"transfer {c.transfer_id} starts at chunk {c.index}, not 0; its start was lost"
-            )
-        if len(self._open) >= MAX_OPEN_TRANSFERS:
-            raise errors.too_large(
-                f"more than {MAX_OPEN_TRANSFERS} chunked transfers open at once from one sender"
-            )
-        t = _Transfer(c.count, c.total_bytes, bytes(c.sha256), bytearray(c.total_bytes))
-        self._open[c.transfer_id] = t
-        return t
-
-    @staticmethod
-    def _finish(transfer_id: int, t: _Transfer) -> Received:
-        if t.filled != t.total_bytes:
-            raise errors.data_loss(
-                f"transfer {transfer_id}: got {t.filled} of {t.total_bytes} declared bytes"
-            )
-        if hashlib.sha256(t.buffer).digest() != t.sha256:
-            raise errors.data_loss(f"transfer {transfer_id}: sha256 mismatch after reassembly")
-        env = pb.Envelope()
-        try:
-            env.ParseFromString(t.buffer)
-        except Exception as exc:  # protobuf raises DecodeError or RuntimeWarning subclasses
-            raise errors.invalid(f"transfer {transfer_id}: not a valid Envelope ({exc})") from exc
-        return Received(env, t.wire_bytes, t.count)
+    def _drop(self, transfer_id: int) -> None:
+        self._open.pop(transfer_id, None)
 
     def reset(self) -> None:
         """Drop partial transfers (after a reconnect the sender starts over)."""
         self._open.clear()
+
+
+@dataclass(frozen=True)
+class _ChunkView:
+    transfer_id: int
+    blob: int
+    index: int
+    sha256: bytes
+    data: bytes | memoryview
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _parse_chunk_frame(raw: bytes) -> _ChunkView | None:
+    """A Chunk frame read in place (its data a view of `raw`, not a copy); None when `raw`
+    is not a well-formed chunk frame (then protobuf parses it and says what is wrong)."""
+    buf = memoryview(raw)
+    try:
+        key, pos = _read_varint(buf, 0)
+        if key != (3 << 3 | _LEN):
+            return None
+        length, pos = _read_varint(buf, pos)
+        if pos + length != len(buf):
+            return None
+        fields: dict[int, int | memoryview] = {}
+        while pos < len(buf):
+            key, pos = _read_varint(buf, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                fields[number], pos = _read_varint(buf, pos)
+            elif wire_type == _LEN:
+                n, pos = _read_varint(buf, pos)
+                if pos + n > len(buf):
+                    return None
+                fields[number], pos = buf[pos:pos + n], pos + n
+            else:
+                return None
+    except ValueError:
+        return None
+    ints = [fields.get(i, 0) for i in (1, 2, 3)]
+    sha, data = fields.get(4, b""), fields.get(5, b"")
+    if not all(isinstance(v, int) for v in ints) or isinstance(sha, int) or isinstance(data, int):
+        return None
+    return _ChunkView(int(ints[0]), int(ints[1]), int(ints[2]), bytes(sha), data)
+
+
+def _chunk_count(nbytes: int, chunk_bytes: int) -> int:
+    return -(-nbytes // chunk_bytes)
+
+
+def _check_blob_refs(env: pb.Envelope, blobs: int) -> None:
+    for t in tensors_of(env):
+        if t.blob > blobs:
+            raise errors.invalid(
+                f"tensor {t.name!r} names blob {t.blob} but the message has {blobs}"
+            )
+
+
+def blob_views(blobs: Sequence[Buffer]) -> list[memoryview]:
+    """Byte views of blobs, for decoding."""
+    return [memoryview(b).cast("B") if not isinstance(b, np.ndarray)
+            else memoryview(np.ascontiguousarray(b)).cast("B") for b in blobs]

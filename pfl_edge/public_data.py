@@ -7,33 +7,30 @@ import hashlib
 
 import numpy as np
 
-from pfl_edge import codec, errors
+from pfl_edge import errors
 from pfl_edge.v1 import messages_pb2 as pb
-from pfl_edge.v1 import tensor_pb2 as tpb
 
 
-def images_sha256(t: tpb.Tensor) -> str:
-    """Content hash of an encoded image tensor: dtype, shape and bytes."""
+def images_sha256(images: np.ndarray) -> str:
+    """Content hash of an image set: dtype, shape and bytes."""
     h = hashlib.sha256()
-    h.update(f"{t.dtype}:{list(t.shape)}:{t.encoding}:".encode())
-    h.update(t.data)
+    h.update(f"{images.dtype.str}:{list(images.shape)}:".encode())
+    h.update(np.ascontiguousarray(images).data)
     return h.hexdigest()
 
 
-def info_for(name: str, images: np.ndarray) -> tuple[pb.PublicDataInfo, tpb.Tensor]:
-    """Encode a uint8 image set (N, C, H, W) and describe it."""
+def describe(name: str, images: np.ndarray) -> pb.PublicDataInfo:
+    """Check a uint8 image set (N, C, H, W) and describe it."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"public images must be uint8 (N, C, H, W), got {images.dtype} "
                          f"{list(images.shape)}")
-    t = codec.encode("images", images)
-    info = pb.PublicDataInfo(
+    return pb.PublicDataInfo(
         name=name,
-        sha256=images_sha256(t),
+        sha256=images_sha256(images),
         num_samples=images.shape[0],
         sample_shape=list(images.shape[1:]),
-        size_bytes=len(t.data),
+        size_bytes=images.nbytes,
     )
-    return info, t
 
 
 def indices(num_samples: int, seed: int, count: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from coordinator.config import PublicSection, RunConfig, RunSection, ServerSecti
 from coordinator.service import RunningCoordinator, start
 from pfl_edge import codec, public_data
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.framing import Message
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import GrpcServerTransport
@@ -80,8 +81,8 @@ class ScriptedAgent:
 
     def send(self, rnd: int = 0, agent_id: str | None = None, **body: Any) -> None:
         self.seq += 1
-        self.t.send(pb.Envelope(agent_id=agent_id or self.agent_id, round=rnd, seq=self.seq,
-                                **body))
+        self.t.send(Message(pb.Envelope(agent_id=agent_id or self.agent_id, round=rnd,
+                                        seq=self.seq, **body)))
 
     def register(self, num_classes: int = NUM_CLASSES) -> pb.RunConfig:
         self.send(register=pb.Register(
@@ -91,9 +92,10 @@ class ScriptedAgent:
         return self.expect("run_config").run_config
 
     def expect(self, kind: str, timeout: float = 10.0) -> pb.Envelope:
-        env = self.t.recv(timeout)
-        if env is None:
+        msg = self.t.recv(timeout)
+        if msg is None:
             raise AssertionError(f"no {kind} within {timeout} s")
+        env = msg.envelope
         got = env.WhichOneof("body")
         if got != kind:
             raise AssertionError(f"expected {kind}, got {got}: {env}")
@@ -103,8 +105,7 @@ class ScriptedAgent:
         """The error that closed the stream (after a refused message)."""
         try:
             while True:
-                env = self.t.recv(timeout)
-                if env is None:
+                if self.t.recv(timeout) is None:
                     raise AssertionError("the coordinator did not refuse the message")
         except TransportClosed as exc:
             return exc

@@ -1,4 +1,5 @@
-"""Chunking: reassembly, integrity, and limits checked before allocation."""
+"""Framing: small messages in one frame, blobs in verified chunks, limits checked
+before allocation."""
 
 from __future__ import annotations
 
@@ -9,93 +10,117 @@ import pytest
 
 from pfl_edge import codec
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.v1 import messages_pb2 as pb
 
+CHUNK = 64 * 1024
 
-def big_envelope(n_floats: int = 300_000) -> pb.Envelope:
+
+def big_message(n_floats: int = 300_000) -> tuple[Message, np.ndarray]:
     a = np.random.default_rng(0).normal(size=n_floats).astype(np.float32)
-    return pb.Envelope(agent_id="a", round=3, result=pb.Result(tensors=[codec.encode("w", a)]))
+    blobs: codec.Blobs = []
+    env = pb.Envelope(agent_id="a", round=3, result=pb.Result(
+        tensors=[codec.encode("w", a, blobs=blobs), codec.encode("b", a[:10], blobs=blobs)]))
+    return Message(env, blobs), a
 
 
-def test_small_envelope_travels_in_one_frame() -> None:
-    env = pb.Envelope(agent_id="a", register=pb.Register())
-    frames = list(Framer().frames(env))
-    assert len(frames) == 1 and frames[0].WhichOneof("kind") == "envelope"
+def frames_of(msg: Message) -> list[bytes]:
+    return list(Framer(chunk_bytes=CHUNK).frames(msg))
 
 
-def test_large_envelope_is_chunked_and_reassembled_bit_exact() -> None:
-    env = big_envelope()
-    frames = list(Framer(chunk_bytes=64 * 1024).frames(env))
-    assert len(frames) == -(-env.ByteSize() // (64 * 1024))
-    r = Reassembler()
-    outs = [r.feed(f, f.ByteSize()) for f in frames]
+def feed_all(frames: list[bytes], r: Reassembler | None = None) -> list[object]:
+    r = r or Reassembler()
+    return [r.feed(f, len(f)) for f in frames]
+
+
+def test_small_message_travels_in_one_frame() -> None:
+    frames = frames_of(Message(pb.Envelope(agent_id="a", register=pb.Register())))
+    assert len(frames) == 1
+    assert pb.Frame.FromString(frames[0]).WhichOneof("kind") == "envelope"
+
+
+def test_blobs_are_chunked_and_reassembled_bit_exact() -> None:
+    msg, a = big_message()
+    assert len(msg.blobs) == 1 and not msg.envelope.result.tensors[0].data
+    frames = frames_of(msg)
+    assert len(frames) == 1 + -(-a.nbytes // CHUNK)
+    outs = feed_all(frames)
     assert all(o is None for o in outs[:-1])
     last = outs[-1]
-    assert last is not None and last.frames == len(frames)
-    assert last.envelope == env
-    assert last.wire_bytes == sum(f.ByteSize() for f in frames)
+    assert last is not None
+    assert last.frames == len(frames) and last.wire_bytes == sum(map(len, frames))
+    tensors = codec.decode_many(last.envelope.result.tensors, last.message.blobs)
+    np.testing.assert_array_equal(tensors["w"], a)
+    np.testing.assert_array_equal(tensors["b"], a[:10])
+
+
+def test_large_inline_tensor_is_moved_to_a_blob() -> None:
+    a = np.arange(100_000, dtype=np.float32)
+    env = pb.Envelope(agent_id="a", result=pb.Result(tensors=[codec.encode("w", a)]))
+    frames = frames_of(Message(env))
+    assert len(frames) > 2
+    last = feed_all(frames)[-1]
+    assert last is not None
+    np.testing.assert_array_equal(
+        codec.decode(last.envelope.result.tensors[0], last.message.blobs), a)
 
 
 def test_repeated_chunk_is_ignored() -> None:
-    frames = list(Framer(chunk_bytes=64 * 1024).frames(big_envelope()))
-    r = Reassembler()
-    r.feed(frames[0], 1)
-    assert r.feed(frames[0], 1) is None
-    for f in frames[1:-1]:
-        r.feed(f, 1)
-    assert r.feed(frames[-1], 1) is not None
+    frames = frames_of(big_message()[0])
+    outs = feed_all([frames[0], frames[1], frames[1], *frames[2:]])
+    assert outs[2] is None and outs[-1] is not None
 
 
 def test_gap_in_chunks_drops_the_transfer() -> None:
-    frames = list(Framer(chunk_bytes=64 * 1024).frames(big_envelope()))
+    frames = frames_of(big_message()[0])
     r = Reassembler()
-    r.feed(frames[0], 1)
-    with pytest.raises(Rejection, match="does not continue"):
-        r.feed(frames[2], 1)
+    feed_all(frames[:2], r)
+    with pytest.raises(Rejection, match="expected chunk 1"):
+        r.feed(frames[3], 1)
+    with pytest.raises(Rejection, match="unknown transfer"):
+        r.feed(frames[4], 1)
 
 
-def test_corrupted_chunk_fails_the_hash() -> None:
-    frames = list(Framer(chunk_bytes=64 * 1024).frames(big_envelope()))
-    data = bytearray(frames[1].chunk.data)
-    data[10] ^= 0xFF
-    frames[1].chunk.data = bytes(data)
-    r = Reassembler()
+def test_corrupted_chunk_fails_its_hash() -> None:
+    frames = frames_of(big_message()[0])
+    bad = bytearray(frames[2])
+    bad[-10] ^= 0xFF
     with pytest.raises(Rejection, match="sha256 mismatch"):
-        for f in frames:
-            r.feed(f, 1)
+        feed_all([*frames[:2], bytes(bad)])
 
 
 def test_declared_size_above_maximum_refused_without_allocating() -> None:
-    chunk = pb.Chunk(transfer_id=1, index=0, count=2, total_bytes=8 << 30, sha256=b"\0" * 32,
-                     data=b"x")
+    head = pb.Head(transfer_id=1, envelope=pb.Envelope(), blob_bytes=[8 << 30],
+                   chunk_bytes=CHUNK)
     r = Reassembler(max_message_bytes=1 << 20)
     tracemalloc.start()
     try:
         with pytest.raises(Rejection, match="above this receiver's maximum"):
-            r.feed(pb.Frame(chunk=chunk), 10)
+            r.feed(pb.Frame(head=head).SerializeToString(), 10)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
 
 
-def test_transfer_not_starting_at_zero_refused() -> None:
-    chunk = pb.Chunk(transfer_id=1, index=3, count=5, total_bytes=500, sha256=b"\0" * 32)
-    with pytest.raises(Rejection, match="starts at chunk 3"):
-        Reassembler().feed(pb.Frame(chunk=chunk), 1)
+def test_tensor_naming_a_missing_blob_refused() -> None:
+    env = pb.Envelope(result=pb.Result(tensors=[codec.encode("w", np.zeros(3, np.float32))]))
+    env.result.tensors[0].blob = 2
+    with pytest.raises(Rejection, match="names blob 2 but the message has 0"):
+        Reassembler().feed(pb.Frame(envelope=env).SerializeToString(), 1)
 
 
 def test_too_many_open_transfers_refused() -> None:
     r = Reassembler()
     for i in range(4):
-        r.feed(pb.Frame(chunk=pb.Chunk(transfer_id=i, index=0, count=2, total_bytes=100,
-                                       sha256=b"\0" * 32, data=b"x")), 1)
+        head = pb.Head(transfer_id=i, envelope=pb.Envelope(), blob_bytes=[10], chunk_bytes=CHUNK)
+        r.feed(pb.Frame(head=head).SerializeToString(), 1)
+    head = pb.Head(transfer_id=9, envelope=pb.Envelope(), blob_bytes=[10], chunk_bytes=CHUNK)
     with pytest.raises(Rejection, match="more than 4"):
-        r.feed(pb.Frame(chunk=pb.Chunk(transfer_id=9, index=0, count=2, total_bytes=100,
-                                       sha256=b"\0" * 32, data=b"x")), 1)
+        r.feed(pb.Frame(head=head).SerializeToString(), 1)
 
 
-def test_empty_frame_refused() -> None:
-    with pytest.raises(Rejection, match="neither an envelope nor a chunk"):
-        Reassembler().feed(pb.Frame(), 0)
+@pytest.mark.parametrize("raw", [b"\xff\xff\xff", pb.Frame().SerializeToString()])
+def test_malformed_or_empty_frame_refused(raw: bytes) -> None:
+    with pytest.raises(Rejection, match="malformed frame|no envelope, head or chunk"):
+        Reassembler().feed(raw, 0)

@@ -106,9 +106,9 @@ def test_logits_instead_of_probabilities_refused(coord: Coordinator) -> None:
 def test_declared_size_above_limit_refused_before_allocation(coord: Coordinator) -> None:
     a, _, _, _ = start_round(coord)
     before = snapshot(coord)
-    chunk = pb.Chunk(transfer_id=7, index=0, count=1000, total_bytes=1 << 40,
-                     sha256=b"\0" * 32, data=b"x" * 100)
-    a.t.send_raw(pb.Frame(chunk=chunk).SerializeToString())
+    head = pb.Head(transfer_id=7, envelope=pb.Envelope(agent_id="a"), blob_bytes=[1 << 40],
+                   chunk_bytes=1 << 20)
+    a.t.send_raw(pb.Frame(head=head).SerializeToString())
     err = a.refusal()
     assert err.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
     assert "above this receiver's maximum" in err.reason

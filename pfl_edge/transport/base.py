@@ -1,7 +1,8 @@
 """What every transport provides, and what the coordinator gives a server transport.
 
-A server transport delivers each whole envelope from an agent to an `Inbound` and
-sends envelopes to agents by id; a client transport is one agent's duplex link.
+A server transport delivers each whole message (envelope and blobs) from an agent to
+an `Inbound` and sends messages to agents by id; a client transport is one agent's
+duplex link.
 Both count every frame in a `ByteMeter` at the serialized level plus their own
 per-message header. Neither looks inside a Task or Result.
 """
@@ -13,7 +14,7 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from pfl_edge.accounting import ByteMeter, Direction
-from pfl_edge.framing import Received, kind_of
+from pfl_edge.framing import Message, Received, kind_of
 from pfl_edge.v1 import messages_pb2 as pb
 
 
@@ -34,8 +35,8 @@ class TransportClosed(Exception):
 class Inbound(Protocol):
     """The coordinator side of a server transport."""
 
-    def on_envelope(self, peer: str | None, env: pb.Envelope) -> Future[list[pb.Envelope]]:
-        """Handle one envelope from an agent.
+    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+        """Handle one message from an agent.
 
         `peer` is the agent id the transport has established for the sender (the
         registered stream on gRPC, the topic on MQTT) or None before registration.
@@ -61,8 +62,8 @@ class ServerTransport(abc.ABC):
     def start(self, inbound: Inbound) -> None: ...
 
     @abc.abstractmethod
-    def send(self, agent_id: str, env: pb.Envelope) -> bool:
-        """Queue an envelope for an agent; False when the agent cannot be reached now."""
+    def send(self, agent_id: str, msg: Message) -> bool:
+        """Queue a message for an agent; False when the agent cannot be reached now."""
 
     @abc.abstractmethod
     def stop(self, grace_s: float = 1.0) -> None: ...
@@ -83,19 +84,19 @@ class ClientTransport(abc.ABC):
         """Open the link; raises TransportClosed when the coordinator cannot be reached."""
 
     @abc.abstractmethod
-    def send(self, env: pb.Envelope) -> None:
-        """Send one envelope (chunked as needed); raises TransportClosed."""
+    def send(self, msg: Message) -> None:
+        """Send one message (its blobs in chunks); raises TransportClosed."""
 
     @abc.abstractmethod
-    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
-        """Next envelope, or None after `timeout_s`; raises TransportClosed."""
+    def recv(self, timeout_s: float | None) -> Message | None:
+        """Next message, or None after `timeout_s`; raises TransportClosed."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
 
 
 def record(meter: ByteMeter, direction: Direction, received: Received) -> None:
-    """Count one received envelope with all its frames."""
+    """Count one received message with all its frames."""
     env = received.envelope
     meter.record(env.agent_id, env.round, direction, kind_of(env), received.wire_bytes,
                  received.frames)

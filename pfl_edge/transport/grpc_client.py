@@ -12,10 +12,9 @@ import grpc
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
-from pfl_edge.v1 import messages_pb2 as pb
 
 _END = object()
 
@@ -38,7 +37,7 @@ class GrpcClientTransport(ClientTransport):
         self._max_message_bytes = max_message_bytes
         self._channel: grpc.Channel | None = None
         self._outbox: queue.Queue[Any] = queue.Queue()
-        self._inbox: queue.Queue[pb.Envelope | TransportClosed] = queue.Queue()
+        self._inbox: queue.Queue[Message | TransportClosed] = queue.Queue()
         self._closed: TransportClosed | None = None
 
     def connect(self, timeout_s: float) -> None:
@@ -63,16 +62,14 @@ class GrpcClientTransport(ClientTransport):
         while (item := outbox.get()) is not _END:
             yield item
 
-    def _read(self, call: Any, inbox: queue.Queue[pb.Envelope | TransportClosed]) -> None:
+    def _read(self, call: Any, inbox: queue.Queue[Message | TransportClosed]) -> None:
         reassembler = Reassembler(self._max_message_bytes)
         try:
             for raw in call:
-                frame = pb.Frame()
-                frame.ParseFromString(raw)
-                received = reassembler.feed(frame, gc.wire_bytes(raw))
+                received = reassembler.feed(raw, gc.wire_bytes(raw))
                 if received is not None:
                     record(self._meter, "down", received)
-                    inbox.put(received.envelope)
+                    inbox.put(received.message)
             inbox.put(TransportClosed("coordinator closed the stream"))
         except grpc.RpcError as err:
             status = err.code() if hasattr(err, "code") else None
@@ -82,23 +79,22 @@ class GrpcClientTransport(ClientTransport):
         except Rejection as r:
             inbox.put(TransportClosed(f"bad frame from coordinator: {r}"))
             call.cancel()
-        except Exception as exc:  # a corrupt frame from the coordinator
-            inbox.put(TransportClosed(f"unreadable frame from coordinator: {exc}"))
-            call.cancel()
 
-    def send(self, env: pb.Envelope) -> None:
+    def send(self, msg: Message) -> None:
         if self._closed is not None or self._channel is None:
             raise self._closed or TransportClosed("not connected")
-        raws = [f.SerializeToString() for f in self._framer.frames(env)]
-        for raw in raws:
+        wire = frames = 0
+        for raw in self._framer.frames(msg):  # each frame leaves while the next is built
             self._outbox.put(raw)
-        record_sent(self._meter, "up", env, sum(map(gc.wire_bytes, raws)), len(raws))
+            wire += gc.wire_bytes(raw)
+            frames += 1
+        record_sent(self._meter, "up", msg.envelope, wire, frames)
 
     def send_raw(self, raw: bytes) -> None:
         """Put bytes on the stream as one frame, unchecked (for tests of bad input)."""
         self._outbox.put(raw)
 
-    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
+    def recv(self, timeout_s: float | None) -> Message | None:
         if self._closed is not None:
             raise self._closed
         try:

@@ -14,7 +14,7 @@ import grpc
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import Inbound, ServerTransport, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
@@ -103,18 +103,18 @@ class GrpcServerTransport(ServerTransport):
         await health.set(gc.SERVICE_NAME, serving)
         self._server = server
 
-    def send(self, agent_id: str, env: pb.Envelope) -> bool:
+    def send(self, agent_id: str, msg: Message) -> bool:
         with self._lock:
             queue = self._streams.get(agent_id)
         loop = self._loop
         if queue is None or loop is None:
             return False
-        loop.call_soon_threadsafe(queue.put_nowait, self._encode(env))
+        loop.call_soon_threadsafe(queue.put_nowait, self._encode(msg))
         return True
 
-    def _encode(self, env: pb.Envelope) -> list[bytes]:
-        raws = [f.SerializeToString() for f in self._framer.frames(env)]
-        record_sent(self._meter, "down", env, sum(map(gc.wire_bytes, raws)), len(raws))
+    def _encode(self, msg: Message) -> list[bytes]:
+        raws = list(self._framer.frames(msg))
+        record_sent(self._meter, "down", msg.envelope, sum(map(gc.wire_bytes, raws)), len(raws))
         return raws
 
     def stop(self, grace_s: float = 1.0) -> None:
@@ -164,21 +164,13 @@ class GrpcServerTransport(ServerTransport):
             raw = await context.read()
             if raw is grpc.aio.EOF:
                 return
-            frame = pb.Frame()
-            try:
-                frame.ParseFromString(raw)
-            except Exception:
-                raise Rejection(
-                    pb.ERROR_CODE_INVALID_ARGUMENT,
-                    f"malformed frame: {len(raw)} bytes that are not a pfl_edge.v1.Frame",
-                ) from None
-            received = reassembler.feed(frame, gc.wire_bytes(raw))
+            received = reassembler.feed(raw, gc.wire_bytes(raw))
             if received is None:
                 continue
             record(self._meter, "up", received)
             env = received.envelope
             peer = bound[0] if bound else None
-            fut = self._inbound.on_envelope(peer, env)
+            fut = self._inbound.on_message(peer, received.message)
             registering = env.agent_id if peer is None and env.HasField("register") else None
             # Runs in the coordinator's thread as it decides, so the replies are queued
             # before anything it sends this agent afterwards.
@@ -187,7 +179,7 @@ class GrpcServerTransport(ServerTransport):
 
     def _accepted(
         self,
-        fut: Future[list[pb.Envelope]],
+        fut: Future[list[Message]],
         queue: asyncio.Queue[Any],
         bound: list[str],
         registering: str | None,
@@ -203,8 +195,8 @@ class GrpcServerTransport(ServerTransport):
             if previous is not None and previous is not queue:
                 loop.call_soon_threadsafe(previous.put_nowait, _CLOSE)
             bound.append(registering)
-        for env in fut.result():
-            loop.call_soon_threadsafe(queue.put_nowait, self._encode(env))
+        for msg in fut.result():
+            loop.call_soon_threadsafe(queue.put_nowait, self._encode(msg))
 
     @staticmethod
     async def _write(

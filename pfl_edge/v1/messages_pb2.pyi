@@ -266,26 +266,38 @@ class Envelope(_message.Message):
     shutdown: Shutdown
     def __init__(self, agent_id: _Optional[str] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., run_config: _Optional[_Union[RunConfig, _Mapping]] = ..., public_data_request: _Optional[_Union[PublicDataRequest, _Mapping]] = ..., public_data: _Optional[_Union[PublicData, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
 
-class Chunk(_message.Message):
-    __slots__ = ("transfer_id", "index", "count", "total_bytes", "sha256", "data")
+class Head(_message.Message):
+    __slots__ = ("transfer_id", "envelope", "blob_bytes", "chunk_bytes")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: int
+    envelope: Envelope
+    blob_bytes: _containers.RepeatedScalarFieldContainer[int]
+    chunk_bytes: int
+    def __init__(self, transfer_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., blob_bytes: _Optional[_Iterable[int]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("transfer_id", "blob", "index", "sha256", "data")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
-    COUNT_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     transfer_id: int
+    blob: int
     index: int
-    count: int
-    total_bytes: int
     sha256: bytes
     data: bytes
-    def __init__(self, transfer_id: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[int] = ..., blob: _Optional[int] = ..., index: _Optional[int] = ..., sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("envelope", "chunk")
+    __slots__ = ("envelope", "head", "chunk")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
+    head: Head
     chunk: Chunk
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...

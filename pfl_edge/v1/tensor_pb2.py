@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pfl_edge/v1/tensor.proto\x12\x0bpfl_edge.v1\"\x9e\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.pfl_edge.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\'\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x15.pfl_edge.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\r\n\x05scale\x18\x06 \x01(\x0c\x12\x0e\n\x06offset\x18\x07 \x01(\x0c*\x87\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT64\x10\x06*T\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x1c\n\x18\x45NCODING_AFFINE_ROW_INT8\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pfl_edge/v1/tensor.proto\x12\x0bpfl_edge.v1\"\xac\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.pfl_edge.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\'\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x15.pfl_edge.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\r\n\x05scale\x18\x06 \x01(\x0c\x12\x0e\n\x06offset\x18\x07 \x01(\x0c\x12\x0c\n\x04\x62lob\x18\x08 \x01(\r*\x87\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0e\n\nDTYPE_INT8\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT64\x10\x06*T\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x1c\n\x18\x45NCODING_AFFINE_ROW_INT8\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pfl_edge.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=203
-  _globals['_DTYPE']._serialized_end=338
-  _globals['_ENCODING']._serialized_start=340
-  _globals['_ENCODING']._serialized_end=424
+  _globals['_DTYPE']._serialized_start=217
+  _globals['_DTYPE']._serialized_end=352
+  _globals['_ENCODING']._serialized_start=354
+  _globals['_ENCODING']._serialized_end=438
   _globals['_TENSOR']._serialized_start=42
-  _globals['_TENSOR']._serialized_end=200
+  _globals['_TENSOR']._serialized_end=214
 # @@protoc_insertion_point(module_scope)

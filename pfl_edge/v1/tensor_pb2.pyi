@@ -34,7 +34,7 @@ ENCODING_RAW: Encoding
 ENCODING_AFFINE_ROW_INT8: Encoding
 
 class Tensor(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "encoding", "data", "scale", "offset")
+    __slots__ = ("name", "dtype", "shape", "encoding", "data", "scale", "offset", "blob")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Tensor(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -49,4 +50,5 @@ class Tensor(_message.Message):
     data: bytes
     scale: bytes
     offset: bytes
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ..., scale: _Optional[bytes] = ..., offset: _Optional[bytes] = ...) -> None: ...
+    blob: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ..., scale: _Optional[bytes] = ..., offset: _Optional[bytes] = ..., blob: _Optional[int] = ...) -> None: ...
