@@ -62,14 +62,19 @@ def codec_rows(sizes_mb: list[int], repeats: int) -> list[dict[str, Any]]:
             enc_s = timed(lambda a=array, w=wire: codec.encode("x", a, w, []), repeats)
             dec_s = timed(lambda t=encoded, b=blobs: to_float32(codec.decode(t, b)), repeats)
             row = {
-                "size_mb": size, "encoding": wire,
+                "size_mb": size,
+                "encoding": wire,
                 "encoded_bytes": codec.encoded_bytes(encoded, blobs),
-                "encode_mb_s": size / enc_s, "decode_mb_s": size / dec_s,
+                "encode_mb_s": size / enc_s,
+                "decode_mb_s": size / dec_s,
                 "encode_decode_mb_s": size / (enc_s + dec_s),
             }
             rows.append(row)
-            print(f"  {size:4d} MB {wire:8s} encode {row['encode_mb_s']:9.0f} MB/s, decode "
-                  f"{row['decode_mb_s']:9.0f} MB/s", flush=True)
+            print(
+                f"  {size:4d} MB {wire:8s} encode {row['encode_mb_s']:9.0f} MB/s, decode "
+                f"{row['decode_mb_s']:9.0f} MB/s",
+                flush=True,
+            )
     return rows
 
 
@@ -81,8 +86,9 @@ class _Sink:
         if env.HasField("result"):
             codec.decode_many(env.result.tensors, msg.blobs)
         fut: Future[list[Message]] = Future()
-        fut.set_result([Message(pb.Envelope(agent_id=env.agent_id, round=env.round,
-                                            metrics=pb.Metrics()))])
+        fut.set_result(
+            [Message(pb.Envelope(agent_id=env.agent_id, round=env.round, metrics=pb.Metrics()))]
+        )
         return fut
 
     def on_disconnect(self, agent_id: str, reason: str) -> None:
@@ -103,10 +109,12 @@ def _serve_plain(ports: Any, stop: Any) -> None:
             pass
         return b""
 
-    server = grpc.server(ThreadPoolExecutor(4), options=[
-        ("grpc.max_receive_message_length", 2 * CHUNK_BYTES)])
+    server = grpc.server(
+        ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 2 * CHUNK_BYTES)]
+    )
     handler = grpc.method_handlers_generic_handler(
-        "bench.Plain", {"Send": grpc.stream_unary_rpc_method_handler(receive)})
+        "bench.Plain", {"Send": grpc.stream_unary_rpc_method_handler(receive)}
+    )
     server.add_generic_rpc_handlers((handler,))
     ports.put(server.add_insecure_port("127.0.0.1:0"))
     server.start()
@@ -132,8 +140,11 @@ def pfl_stream_s(size_mb: int, repeats: int) -> float:
 
     def once() -> None:
         blobs: codec.Blobs = []
-        env = pb.Envelope(agent_id="bench", round=1,
-                          result=pb.Result(tensors=[codec.encode("w", array, blobs=blobs)]))
+        env = pb.Envelope(
+            agent_id="bench",
+            round=1,
+            result=pb.Result(tensors=[codec.encode("w", array, blobs=blobs)]),
+        )
         client.send(Message(env, blobs))
         if client.recv(120) is None:
             raise RuntimeError("no acknowledgement")
@@ -151,13 +162,14 @@ def plain_stream_s(size_mb: int, repeats: int) -> float:
     """Seconds to move the same bytes to another process as a plain gRPC stream of 1 MiB
     bytes messages (the call returns when the server has read them all)."""
     proc, port, stop = _in_child(_serve_plain)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
-        ("grpc.max_send_message_length", 2 * CHUNK_BYTES)])
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2 * CHUNK_BYTES)]
+    )
     send = channel.stream_unary("/bench.Plain/Send")
     payload = np.random.default_rng(0).bytes(size_mb * MB)
 
     def once() -> None:
-        send(payload[i:i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES))
+        send(payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES))
 
     try:
         once()
@@ -169,8 +181,9 @@ def plain_stream_s(size_mb: int, repeats: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--transfer-mb", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
@@ -188,15 +201,23 @@ def main() -> int:
         "plain_grpc_bytes_stream_mb_s": args.transfer_mb / plain,
         "ratio": plain / ours,
     }
-    print(f"  pfl-edge chunked stream {transfer['pfl_edge_mb_s']:.0f} MB/s, plain gRPC bytes "
-          f"stream {transfer['plain_grpc_bytes_stream_mb_s']:.0f} MB/s, ratio "
-          f"{transfer['ratio']:.2f} (target >= 0.5)", flush=True)
+    print(
+        f"  pfl-edge chunked stream {transfer['pfl_edge_mb_s']:.0f} MB/s, plain gRPC bytes "
+        f"stream {transfer['plain_grpc_bytes_stream_mb_s']:.0f} MB/s, ratio "
+        f"{transfer['ratio']:.2f} (target >= 0.5)",
+        flush=True,
+    )
     result = {
-        "command": "python benchmarks/codec_throughput.py " + " ".join(
-            f"--sizes-mb {' '.join(map(str, args.sizes_mb))} --repeats {args.repeats}".split()),
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "numpy": np.__version__,
-                    "grpcio": grpc.__version__},
+        "command": "python benchmarks/codec_throughput.py "
+        + " ".join(
+            f"--sizes-mb {' '.join(map(str, args.sizes_mb))} --repeats {args.repeats}".split()
+        ),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "grpcio": grpc.__version__,
+        },
         "codec": rows,
         "min_decode_mb_s": min(r["decode_mb_s"] for r in rows),
         "grpc_transfer": transfer,

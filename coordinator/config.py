@@ -61,8 +61,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         r, p, s = self.run, self.public, self.server
-        _check(bool(ID_PATTERN.match(r.id)), "run.id", r.id,
-               "letters, digits, '_', '.', '-' (at most 64)")
+        _check(
+            bool(ID_PATTERN.match(r.id)),
+            "run.id",
+            r.id,
+            "letters, digits, '_', '.', '-' (at most 64)",
+        )
         _check(r.rounds >= 1, "run.rounds", r.rounds, "at least 1")
         _check(r.min_agents >= 1, "run.min_agents", r.min_agents, "at least 1")
         _check(0 < r.sample_fraction <= 1, "run.sample_fraction", r.sample_fraction, "in (0, 1]")
@@ -70,13 +74,21 @@ class RunConfig:
         for name in ("phase_timeout_s", "disconnect_grace_s", "finish_timeout_s"):
             _check(getattr(r, name) > 0, f"run.{name}", getattr(r, name), "positive")
         _check(p.samples >= 1, "public.samples", p.samples, "at least 1")
-        _check(1 <= p.per_round <= p.samples, "public.per_round", p.per_round,
-               f"between 1 and public.samples ({p.samples})")
+        _check(
+            1 <= p.per_round <= p.samples,
+            "public.per_round",
+            p.per_round,
+            f"between 1 and public.samples ({p.samples})",
+        )
         _check(p.num_classes >= 2, "public.num_classes", p.num_classes, "at least 2")
         _check(bool(s.grpc or s.mqtt), "server", "no listener", "set server.grpc or server.mqtt")
         _check(s.chunk_bytes >= 1024, "server.chunk_bytes", s.chunk_bytes, "at least 1024")
-        _check(s.max_message_bytes >= s.chunk_bytes, "server.max_message_bytes",
-               s.max_message_bytes, "at least server.chunk_bytes")
+        _check(
+            s.max_message_bytes >= s.chunk_bytes,
+            "server.max_message_bytes",
+            s.max_message_bytes,
+            "at least server.chunk_bytes",
+        )
 
 
 def _check(ok: bool, key: str, value: object, want: str) -> None:

@@ -115,8 +115,13 @@ class Engine:
 
     def run(self) -> None:
         """Serve until the run is finished (or `stop`)."""
-        log.info("run %s: %s, %d rounds, waiting for %d agents", self.cfg.run.id,
-                 self.cfg.run.algorithm, self.cfg.run.rounds, self.cfg.run.min_agents)
+        log.info(
+            "run %s: %s, %d rounds, waiting for %d agents",
+            self.cfg.run.id,
+            self.cfg.run.algorithm,
+            self.cfg.run.rounds,
+            self.cfg.run.min_agents,
+        )
         while not self.done.is_set():
             try:
                 event = self._events.get(timeout=self._wait_s())
@@ -166,8 +171,14 @@ class Engine:
             blobs: codec.Blobs = []
             images = codec.encode("images", self.public.images, blobs=blobs)
             self._count_tensor(0, down=codec.encoded_bytes(images, blobs))
-            return [self._message(rec.info.agent_id, 0, blobs, public_data=pb.PublicData(
-                info=self.public.info, images=images))]
+            return [
+                self._message(
+                    rec.info.agent_id,
+                    0,
+                    blobs,
+                    public_data=pb.PublicData(info=self.public.info, images=images),
+                )
+            ]
         if kind == "result":
             self._accept(rec, msg)
             return []
@@ -179,16 +190,22 @@ class Engine:
         rec = self.agents.get(env.agent_id)
         if peer is None:
             if rec is None:
-                raise Rejection(pb.ERROR_CODE_NOT_FOUND,
-                                f"unknown agent {env.agent_id!r}: send Register first")
-            raise Rejection(pb.ERROR_CODE_UNAUTHENTICATED,
-                            "this connection has not registered: send Register first")
+                raise Rejection(
+                    pb.ERROR_CODE_NOT_FOUND, f"unknown agent {env.agent_id!r}: send Register first"
+                )
+            raise Rejection(
+                pb.ERROR_CODE_UNAUTHENTICATED,
+                "this connection has not registered: send Register first",
+            )
         if peer != env.agent_id:
-            raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED,
-                            f"agent {peer!r} may not send for agent {env.agent_id!r}")
+            raise Rejection(
+                pb.ERROR_CODE_PERMISSION_DENIED,
+                f"agent {peer!r} may not send for agent {env.agent_id!r}",
+            )
         if rec is None:
-            raise Rejection(pb.ERROR_CODE_NOT_FOUND,
-                            f"unknown agent {env.agent_id!r}: send Register first")
+            raise Rejection(
+                pb.ERROR_CODE_NOT_FOUND, f"unknown agent {env.agent_id!r}: send Register first"
+            )
         return rec
 
     def _register(self, transport: str, peer: str | None, env: pb.Envelope) -> list[Message]:
@@ -196,31 +213,51 @@ class Engine:
         if not ID_PATTERN.match(agent_id):
             raise errors.invalid(f"agent id {agent_id!r} must be 1-64 letters, digits, '_.-'")
         if peer is not None and peer != agent_id:
-            raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED,
-                            f"agent {peer!r} may not register as {agent_id!r}")
+            raise Rejection(
+                pb.ERROR_CODE_PERMISSION_DENIED, f"agent {peer!r} may not register as {agent_id!r}"
+            )
         want_shape = list(self.public.info.sample_shape)
         if list(reg.model.input_shape) != want_shape:
-            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
-                            f"model input shape {list(reg.model.input_shape)} does not fit this "
-                            f"run's data {want_shape}")
+            raise Rejection(
+                pb.ERROR_CODE_FAILED_PRECONDITION,
+                f"model input shape {list(reg.model.input_shape)} does not fit this "
+                f"run's data {want_shape}",
+            )
         if reg.model.num_classes != self.cfg.public.num_classes:
-            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
-                            f"model has {reg.model.num_classes} classes, this run "
-                            f"{self.cfg.public.num_classes}")
+            raise Rejection(
+                pb.ERROR_CODE_FAILED_PRECONDITION,
+                f"model has {reg.model.num_classes} classes, this run "
+                f"{self.cfg.public.num_classes}",
+            )
         if reg.num_train_samples == 0 or reg.model.parameter_count == 0:
             raise errors.invalid("registration needs num_train_samples and parameter_count > 0")
-        info = AgentInfo(agent_id, reg.model.architecture, reg.model.parameter_count,
-                         reg.num_train_samples, reg.model.num_classes)
-        device = {"cpu_arch": reg.device.cpu_arch, "cpu_cores": reg.device.cpu_cores,
-                  "memory_bytes": reg.device.memory_bytes,
-                  "accelerator": reg.device.accelerator, "hostname": reg.device.hostname,
-                  "num_test_samples": reg.num_test_samples}
+        info = AgentInfo(
+            agent_id,
+            reg.model.architecture,
+            reg.model.parameter_count,
+            reg.num_train_samples,
+            reg.model.num_classes,
+        )
+        device = {
+            "cpu_arch": reg.device.cpu_arch,
+            "cpu_cores": reg.device.cpu_cores,
+            "memory_bytes": reg.device.memory_bytes,
+            "accelerator": reg.device.accelerator,
+            "hostname": reg.device.hostname,
+            "num_test_samples": reg.num_test_samples,
+        }
         known = agent_id in self.agents
         self.agents[agent_id] = AgentRecord(info, transport, device, connected=True)
         self.store.save_agent(agent_id, {**info.__dict__, **device}, transport)
-        log.info("agent %s %s (%s, %d params, %d samples) over %s",
-                 agent_id, "reconnected" if known else "registered", info.architecture,
-                 info.parameter_count, info.num_train_samples, transport)
+        log.info(
+            "agent %s %s (%s, %d params, %d samples) over %s",
+            agent_id,
+            "reconnected" if known else "registered",
+            info.architecture,
+            info.parameter_count,
+            info.num_train_samples,
+            transport,
+        )
         replies = [self._message(agent_id, self.completed_rounds, run_config=self._run_config())]
         if self.done.is_set():
             replies.append(self._message(agent_id, 0, shutdown=pb.Shutdown(reason="run finished")))
@@ -243,17 +280,26 @@ class Engine:
         env = msg.envelope
         phase, res, agent_id = self.phase, env.result, env.agent_id
         if phase is None or env.round != phase.round or res.phase != phase.index:
-            where = "no phase is open" if phase is None else (
-                f"the open phase is round {phase.round} phase {phase.index}")
-            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
-                            f"round {env.round} phase {res.phase} is closed: {where}")
+            where = (
+                "no phase is open"
+                if phase is None
+                else (f"the open phase is round {phase.round} phase {phase.index}")
+            )
+            raise Rejection(
+                pb.ERROR_CODE_FAILED_PRECONDITION,
+                f"round {env.round} phase {res.phase} is closed: {where}",
+            )
         if agent_id not in phase.tasks:
-            raise Rejection(pb.ERROR_CODE_FAILED_PRECONDITION,
-                            f"agent {agent_id} has no task in round {env.round} phase {res.phase}")
+            raise Rejection(
+                pb.ERROR_CODE_FAILED_PRECONDITION,
+                f"agent {agent_id} has no task in round {env.round} phase {res.phase}",
+            )
         if agent_id in phase.replies:
-            raise Rejection(pb.ERROR_CODE_ALREADY_EXISTS,
-                            f"duplicate upload: {agent_id} already answered round {env.round} "
-                            f"phase {res.phase}")
+            raise Rejection(
+                pb.ERROR_CODE_ALREADY_EXISTS,
+                f"duplicate upload: {agent_id} already answered round {env.round} "
+                f"phase {res.phase}",
+            )
         action = phase.tasks[agent_id].envelope.task.action
         if res.action != action:
             raise errors.invalid(f"result is for action {res.action!r}, the task was {action!r}")
@@ -263,8 +309,9 @@ class Engine:
             self.strategy.validate(phase.round, phase.index, rec.info, reply)
         phase.replies[agent_id] = reply
         phase.busy.extend((b.start_unix, b.end_unix) for b in res.busy)
-        self._count_tensor(phase.round,
-                           up=sum(codec.encoded_bytes(t, msg.blobs) for t in res.tensors))
+        self._count_tensor(
+            phase.round, up=sum(codec.encoded_bytes(t, msg.blobs) for t in res.tensors)
+        )
         if action == FINISH:
             self.store.save_final(agent_id, reply.metrics)
         else:
@@ -291,17 +338,24 @@ class Engine:
         if not phase.missing or (len(phase.replies) >= need and (gone or now >= phase.deadline)):
             self._close_phase(phase)
         elif now >= phase.deadline:
-            log.warning("round %d phase %d: %d of %d answered by the deadline, quorum is %d; "
-                        "restarting the round", phase.round, phase.index, len(phase.replies),
-                        len(phase.tasks), need)
+            log.warning(
+                "round %d phase %d: %d of %d answered by the deadline, quorum is %d; "
+                "restarting the round",
+                phase.round,
+                phase.index,
+                len(phase.replies),
+                len(phase.tasks),
+                need,
+            )
             self.phase = None
 
     def _maybe_start_round(self) -> None:
         eligible = sorted(a for a, r in self.agents.items() if r.connected)
         if len(eligible) < self.cfg.run.min_agents:
             if time.time() - self._waiting_logged >= WAITING_LOG_INTERVAL_S:
-                log.info("waiting for agents: %d of %d connected", len(eligible),
-                         self.cfg.run.min_agents)
+                log.info(
+                    "waiting for agents: %d of %d connected", len(eligible), self.cfg.run.min_agents
+                )
                 self._waiting_logged = time.time()
             return
         rnd = self.completed_rounds + 1
@@ -322,13 +376,19 @@ class Engine:
         for agent_id, env in tasks.items():
             self._send(agent_id, env)
 
-    def _task(self, agent_id: str, rnd: int, index: int, ins: Instruction,
-              sel: pb.PublicSelection) -> Message:
+    def _task(
+        self, agent_id: str, rnd: int, index: int, ins: Instruction, sel: pb.PublicSelection
+    ) -> Message:
         blobs: codec.Blobs = []
         tensors = codec.encode_many(ins.tensors, ins.wire, blobs)
         self._count_tensor(rnd, down=sum(codec.encoded_bytes(t, blobs) for t in tensors))
-        task = pb.Task(phase=index, action=ins.action, public=sel, params=to_values(ins.params),
-                       tensors=tensors)
+        task = pb.Task(
+            phase=index,
+            action=ins.action,
+            public=sel,
+            params=to_values(ins.params),
+            tensors=tensors,
+        )
         return self._message(agent_id, rnd, blobs, task=task)
 
     def _send(self, agent_id: str, msg: Message) -> None:
@@ -357,8 +417,11 @@ class Engine:
         wall = end - self.round_started
         busy = _union_within(self.round_busy, self.round_started, end)
         accs = [m["test_acc"] for m in self.round_metrics.values() if "test_acc" in m]
-        before = [m["test_acc_before_distill"] for m in self.round_metrics.values()
-                  if "test_acc_before_distill" in m]
+        before = [
+            m["test_acc_before_distill"]
+            for m in self.round_metrics.values()
+            if "test_acc_before_distill" in m
+        ]
         tensor_up, tensor_down = self.tensor_bytes.get(rnd, [0, 0])
         metrics: dict[str, Any] = {
             "round": rnd,
@@ -374,15 +437,24 @@ class Engine:
             "orchestration_s": max(0.0, wall - busy),
             "strategy": self.strategy.summary(),
         }
-        self.store.complete_round(rnd, metrics, self.strategy.state(), self.round_metrics,
-                                  self.meter.rows())
+        self.store.complete_round(
+            rnd, metrics, self.strategy.state(), self.round_metrics, self.meter.rows()
+        )
         self.completed_rounds = rnd
         n = max(1, metrics["participants"])
         acc = metrics["mean_test_acc"]
-        log.info("round %d/%d done: mean test acc %s over %d agents, up %.1f KB/agent, "
-                 "down %.1f KB/agent, %.1f s (%.0f%% orchestration)", rnd, self.cfg.run.rounds,
-                 "n/a" if acc is None else f"{acc:.4f}", n, metrics["bytes_up"] / n / 1e3,
-                 metrics["bytes_down"] / n / 1e3, wall, 100 * metrics["orchestration_s"] / wall)
+        log.info(
+            "round %d/%d done: mean test acc %s over %d agents, up %.1f KB/agent, "
+            "down %.1f KB/agent, %.1f s (%.0f%% orchestration)",
+            rnd,
+            self.cfg.run.rounds,
+            "n/a" if acc is None else f"{acc:.4f}",
+            n,
+            metrics["bytes_up"] / n / 1e3,
+            metrics["bytes_down"] / n / 1e3,
+            wall,
+            100 * metrics["orchestration_s"] / wall,
+        )
 
     def _start_finish(self) -> None:
         connected = sorted(a for a, r in self.agents.items() if r.connected)
@@ -391,8 +463,11 @@ class Engine:
         if not todo:
             self._finish(None)
             return
-        log.info("all %d rounds done; asking %d agents to export their models",
-                 self.cfg.run.rounds, len(todo))
+        log.info(
+            "all %d rounds done; asking %d agents to export their models",
+            self.cfg.run.rounds,
+            len(todo),
+        )
         rnd = self.cfg.run.rounds + 1
         self.round_started, self.round_busy = time.time(), []
         now = time.time()
@@ -407,18 +482,22 @@ class Engine:
         self.store.set_meta("finished_at", str(time.time()))
         for agent_id, rec in self.agents.items():
             if rec.connected:
-                self._send(agent_id, self._message(agent_id, 0,
-                                                   shutdown=pb.Shutdown(reason="run finished")))
+                self._send(
+                    agent_id,
+                    self._message(agent_id, 0, shutdown=pb.Shutdown(reason="run finished")),
+                )
         log.info("run %s finished", self.cfg.run.id)
         self.done.set()
 
     # Helpers.
 
-    def _message(self, agent_id: str, rnd: int, blobs: codec.Blobs | None = None,
-                 **body: Any) -> Message:
+    def _message(
+        self, agent_id: str, rnd: int, blobs: codec.Blobs | None = None, **body: Any
+    ) -> Message:
         self._seq += 1
-        env = pb.Envelope(agent_id=agent_id, run_id=self.cfg.run.id, round=rnd, seq=self._seq,
-                          **body)
+        env = pb.Envelope(
+            agent_id=agent_id, run_id=self.cfg.run.id, round=rnd, seq=self._seq, **body
+        )
         return Message(env, blobs or [])
 
     def _count_tensor(self, rnd: int, *, up: int = 0, down: int = 0) -> None:
@@ -429,9 +508,15 @@ class Engine:
     def _resume(self) -> None:
         for agent_id, (info, transport) in self.store.agents().items():
             self.agents[agent_id] = AgentRecord(
-                AgentInfo(agent_id, info["architecture"], info["parameter_count"],
-                          info["num_train_samples"], info["num_classes"]),
-                transport, {k: info[k] for k in info if k not in AgentInfo.__dataclass_fields__},
+                AgentInfo(
+                    agent_id,
+                    info["architecture"],
+                    info["parameter_count"],
+                    info["num_train_samples"],
+                    info["num_classes"],
+                ),
+                transport,
+                {k: info[k] for k in info if k not in AgentInfo.__dataclass_fields__},
             )
         row = self.store.last_round()
         if row is None:
@@ -440,10 +525,16 @@ class Engine:
         self.meter.load_rows(self.store.byte_rows())
         self.completed_rounds = row.round
         for r in self.store.rounds():
-            self.tensor_bytes[r.round] = [r.metrics["tensor_bytes_up"],
-                                          r.metrics["tensor_bytes_down"]]
-        log.info("resuming run %s after round %d (%d agents known)", self.cfg.run.id, row.round,
-                 len(self.agents))
+            self.tensor_bytes[r.round] = [
+                r.metrics["tensor_bytes_up"],
+                r.metrics["tensor_bytes_down"],
+            ]
+        log.info(
+            "resuming run %s after round %d (%d agents known)",
+            self.cfg.run.id,
+            row.round,
+            len(self.agents),
+        )
 
 
 class _Inbound:

@@ -26,19 +26,21 @@ def build(
     for agent_id, (info, transport) in sorted(agents_db.items()):
         final = finals.get(agent_id, {})
         history = per_agent_rounds.get(agent_id, {})
-        agents.append({
-            "id": agent_id,
-            "model": info["architecture"],
-            "params": info["parameter_count"],
-            "train_samples": info["num_train_samples"],
-            "test_samples": info.get("num_test_samples"),
-            "transport": transport,
-            "final_test_acc": final.get("final_test_acc"),
-            "onnx_max_abs_diff": final.get("onnx_max_abs_diff"),
-            "test_acc_per_round": [history[r].get("test_acc") for r in sorted(history)],
-            "bytes_up": meter.total(agent_id=agent_id, direction="up"),
-            "bytes_down": meter.total(agent_id=agent_id, direction="down"),
-        })
+        agents.append(
+            {
+                "id": agent_id,
+                "model": info["architecture"],
+                "params": info["parameter_count"],
+                "train_samples": info["num_train_samples"],
+                "test_samples": info.get("num_test_samples"),
+                "transport": transport,
+                "final_test_acc": final.get("final_test_acc"),
+                "onnx_max_abs_diff": final.get("onnx_max_abs_diff"),
+                "test_acc_per_round": [history[r].get("test_acc") for r in sorted(history)],
+                "bytes_up": meter.total(agent_id=agent_id, direction="up"),
+                "bytes_down": meter.total(agent_id=agent_id, direction="down"),
+            }
+        )
     agent_rounds = sum(r["participants"] for r in rounds) or 1
     up = sum(r["bytes_up"] for r in rounds)
     down = sum(r["bytes_down"] for r in rounds)
@@ -51,25 +53,39 @@ def build(
         "transport": "+".join(transports),
         "agents": agents,
         "rounds": [
-            {k: r.get(k) for k in ("round", "participants", "mean_test_acc",
-                                   "mean_test_acc_before_distill", "bytes_up", "bytes_down",
-                                   "wall_s", "orchestration_s", "strategy")}
+            {
+                k: r.get(k)
+                for k in (
+                    "round",
+                    "participants",
+                    "mean_test_acc",
+                    "mean_test_acc_before_distill",
+                    "bytes_up",
+                    "bytes_down",
+                    "wall_s",
+                    "orchestration_s",
+                    "strategy",
+                )
+            }
             for r in rounds
         ],
         "final": {
             "mean_test_acc": float(np.mean(final_accs)) if final_accs else None,
             "bytes_up_per_agent_round": up / agent_rounds,
             "bytes_down_per_agent_round": down / agent_rounds,
-            "param_bytes_per_agent": float(np.mean([a["params"] for a in agents]))
-            * FLOAT32_BYTES if agents else None,
+            "param_bytes_per_agent": float(np.mean([a["params"] for a in agents])) * FLOAT32_BYTES
+            if agents
+            else None,
             "orchestration_share": sum(r["orchestration_s"] for r in rounds) / wall
-            if wall else None,
+            if wall
+            else None,
             "setup_bytes_down": meter.total(round_=0, direction="down"),
             "setup_bytes_up": meter.total(round_=0, direction="up"),
             "accounted_bytes": meter.total(),
             "tensor_bytes": tensor_round_bytes + setup_tensor_bytes,
             "round_accounted_overhead": (up + down) / tensor_round_bytes
-            if tensor_round_bytes else None,
+            if tensor_round_bytes
+            else None,
         },
     }
     return report
@@ -97,21 +113,33 @@ def plot(report: dict[str, Any], path: Path) -> None:
     before = [r["mean_test_acc_before_distill"] for r in report["rounds"]]
     if any(b is not None for b in before):
         ax_acc.plot(rounds, before, "s--", label="before distillation")
-    ax_acc.set(xlabel="round", ylabel="mean test accuracy", title=f"{report['algorithm']}: accuracy")
+    ax_acc.set(
+        xlabel="round", ylabel="mean test accuracy", title=f"{report['algorithm']}: accuracy"
+    )
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     n = [max(1, r["participants"]) for r in report["rounds"]]
     width = 0.4
-    ax_bytes.bar([x - width / 2 for x in rounds],
-                 [r["bytes_up"] / k / 1e3 for r, k in zip(report["rounds"], n, strict=True)],
-                 width, label="up")
-    ax_bytes.bar([x + width / 2 for x in rounds],
-                 [r["bytes_down"] / k / 1e3 for r, k in zip(report["rounds"], n, strict=True)],
-                 width, label="down")
+    ax_bytes.bar(
+        [x - width / 2 for x in rounds],
+        [r["bytes_up"] / k / 1e3 for r, k in zip(report["rounds"], n, strict=True)],
+        width,
+        label="up",
+    )
+    ax_bytes.bar(
+        [x + width / 2 for x in rounds],
+        [r["bytes_down"] / k / 1e3 for r, k in zip(report["rounds"], n, strict=True)],
+        width,
+        label="down",
+    )
     param_kb = (report["final"]["param_bytes_per_agent"] or 0) / 1e3
     ax_bytes.axhline(param_kb, color="gray", ls=":", label=f"FedAvg params ({param_kb:.0f} KB)")
-    ax_bytes.set(xlabel="round", ylabel="KB per agent", title=f"bytes on the wire "
-                 f"({report['transport']})", yscale="log")
+    ax_bytes.set(
+        xlabel="round",
+        ylabel="KB per agent",
+        title=f"bytes on the wire ({report['transport']})",
+        yscale="log",
+    )
     ax_bytes.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -72,16 +72,26 @@ def start(cfg: RunConfig) -> RunningCoordinator:
     store = Store(Path(cfg.run.state_dir))
     check_resume(store, cfg)
     pub = public.build(cfg.public.dataset, cfg.public.samples)
-    log.info("public set %s: %d samples of %s, sha256 %s", pub.info.name, pub.num_samples,
-             list(pub.info.sample_shape), pub.info.sha256[:12])
+    log.info(
+        "public set %s: %d samples of %s, sha256 %s",
+        pub.info.name,
+        pub.num_samples,
+        list(pub.info.sample_shape),
+        pub.info.sha256[:12],
+    )
     meter = ByteMeter()
     engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter)
     transports: list[ServerTransport] = []
     for url in (cfg.server.grpc and f"grpc://{cfg.server.grpc}", cfg.server.mqtt):
         if not url:
             continue
-        t = server_for(url, meter, run_id=cfg.run.id, chunk_bytes=cfg.server.chunk_bytes,
-                       max_message_bytes=cfg.server.max_message_bytes)
+        t = server_for(
+            url,
+            meter,
+            run_id=cfg.run.id,
+            chunk_bytes=cfg.server.chunk_bytes,
+            max_message_bytes=cfg.server.max_message_bytes,
+        )
         t.start(engine.attach(t))
         transports.append(t)
         log.info("serving %s", t.address)
@@ -96,8 +106,11 @@ def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
     engine = running.engine
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.warning("signal %d: stopping; the run resumes from round %d on restart",
-                    signum, engine.completed_rounds + 1)
+        log.warning(
+            "signal %d: stopping; the run resumes from round %d on restart",
+            signum,
+            engine.completed_rounds + 1,
+        )
         engine.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -107,8 +120,12 @@ def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
     if engine.done.is_set():
         time.sleep(0.5)  # let the shutdown messages leave before the listeners close
     setup_tensor_bytes = engine.tensor_bytes.get(0, [0, 0])[1]
-    rep = report.build(running.store, running.meter, algorithm=cfg.run.algorithm,
-                       setup_tensor_bytes=setup_tensor_bytes)
+    rep = report.build(
+        running.store,
+        running.meter,
+        algorithm=cfg.run.algorithm,
+        setup_tensor_bytes=setup_tensor_bytes,
+    )
     path = report.write(rep, report_dir or Path(cfg.run.state_dir))
     running.stop()
     log.info("report written to %s", path)

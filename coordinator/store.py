@@ -104,8 +104,18 @@ class Store:
             self._db.execute("DELETE FROM bytes")
             self._db.executemany(
                 "INSERT INTO bytes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r["round"], r["agent_id"], r["direction"], r["kind"], r["bytes"],
-                  r["messages"], r["frames"]) for r in byte_rows],
+                [
+                    (
+                        r["round"],
+                        r["agent_id"],
+                        r["direction"],
+                        r["kind"],
+                        r["bytes"],
+                        r["messages"],
+                        r["frames"],
+                    )
+                    for r in byte_rows
+                ],
             )
 
     def last_round(self) -> RoundRow | None:
@@ -142,8 +152,9 @@ class Store:
 
     def save_final(self, agent_id: str, metrics: Mapping[str, Any]) -> None:
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO finals VALUES (?, ?)",
-                             (agent_id, json.dumps(dict(metrics))))
+            self._db.execute(
+                "INSERT OR REPLACE INTO finals VALUES (?, ?)", (agent_id, json.dumps(dict(metrics)))
+            )
 
     def finals(self) -> dict[str, dict[str, Any]]:
         with self._lock:

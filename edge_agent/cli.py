@@ -19,12 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="take part in a run until it finishes")
-    run.add_argument("--coordinator", required=True,
-                     help="grpc://HOST:PORT, mqtt://BROKER:PORT, or HOST:PORT (gRPC)")
+    run.add_argument(
+        "--coordinator",
+        required=True,
+        help="grpc://HOST:PORT, mqtt://BROKER:PORT, or HOST:PORT (gRPC)",
+    )
     run.add_argument("--model", required=True, help="architecture (pfl-agent models lists them)")
-    run.add_argument("--data", type=Path, required=True,
-                     help="private data .npz (x_train, y_train, x_test, y_test), e.g. from "
-                     "`pfl-edge data partition`")
+    run.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="private data .npz (x_train, y_train, x_test, y_test), e.g. from "
+        "`pfl-edge data partition`",
+    )
     run.add_argument("--agent-id", default=socket.gethostname(), help="default: the host name")
     run.add_argument("--run-id", default="default", help="run name (MQTT topics)")
     run.add_argument("--out", type=Path, default=Path("."), help="where model.onnx goes")
@@ -32,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--num-classes", type=int, default=10)
     run.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--give-up-after", type=float, default=600.0, metavar="S",
-                     help="stop retrying after S seconds without the coordinator")
+    run.add_argument(
+        "--give-up-after",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="stop retrying after S seconds without the coordinator",
+    )
     run.add_argument("--log-level", default="INFO")
 
     predict = sub.add_parser("predict", help="classify inputs with model.onnx (onnxruntime only)")
@@ -59,9 +71,16 @@ def _run(args: argparse.Namespace) -> int:
     from pfl_edge.transport.base import TransportClosed
 
     opts = AgentOptions(
-        agent_id=args.agent_id, coordinator=args.coordinator, model=args.model, data=args.data,
-        out_dir=args.out, run_id=args.run_id, cache_dir=args.cache_dir,
-        num_classes=args.num_classes, seed=args.seed, threads=args.threads,
+        agent_id=args.agent_id,
+        coordinator=args.coordinator,
+        model=args.model,
+        data=args.data,
+        out_dir=args.out,
+        run_id=args.run_id,
+        cache_dir=args.cache_dir,
+        num_classes=args.num_classes,
+        seed=args.seed,
+        threads=args.threads,
         give_up_after_s=args.give_up_after,
     )
     try:
@@ -70,8 +89,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pfl-agent: {exc}", file=sys.stderr)
         return 2
     if final:
-        print(f"final test accuracy {final['final_test_acc']:.4f}, model: "
-              f"{args.out / 'model.onnx'} (onnx max abs diff {final['onnx_max_abs_diff']:.2e})")
+        print(
+            f"final test accuracy {final['final_test_acc']:.4f}, model: "
+            f"{args.out / 'model.onnx'} (onnx max abs diff {final['onnx_max_abs_diff']:.2e})"
+        )
     return 0
 
 

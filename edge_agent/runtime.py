@@ -73,8 +73,9 @@ class Agent:
         self.opts = opts
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        seed = int.from_bytes(hashlib.sha256(f"{opts.seed}:{opts.agent_id}".encode()).digest()[:4],
-                              "little")
+        seed = int.from_bytes(
+            hashlib.sha256(f"{opts.seed}:{opts.agent_id}".encode()).digest()[:4], "little"
+        )
         training.seed_everything(seed)
         self.rng = np.random.default_rng(seed)
         self.data: ClientData = load_client(opts.data)
@@ -94,9 +95,15 @@ class Agent:
 
     def run(self) -> dict[str, float]:
         """Take part until the coordinator shuts the run down; returns the final metrics."""
-        log.info("agent %s: %s (%d params), %d train / %d test samples, coordinator %s",
-                 self.opts.agent_id, self.opts.model, parameter_count(self.model),
-                 len(self.data.x_train), len(self.data.x_test), self.opts.coordinator)
+        log.info(
+            "agent %s: %s (%d params), %d train / %d test samples, coordinator %s",
+            self.opts.agent_id,
+            self.opts.model,
+            parameter_count(self.model),
+            len(self.data.x_train),
+            len(self.data.x_test),
+            self.opts.coordinator,
+        )
         while True:
             try:
                 self._session()
@@ -108,12 +115,17 @@ class Agent:
 
     def _session(self) -> None:
         """One connection, until the run is over. Raises TransportClosed."""
-        t = client_for(self.opts.coordinator, self.meter, agent_id=self.opts.agent_id,
-                       run_id=self.opts.run_id)
+        t = client_for(
+            self.opts.coordinator, self.meter, agent_id=self.opts.agent_id, run_id=self.opts.run_id
+        )
         self.transport = t
         try:
-            retry(lambda: t.connect(self.opts.connect_timeout_s), retry_on=(TransportClosed,),
-                  deadline_s=self.opts.give_up_after_s, on_retry=self._on_retry)
+            retry(
+                lambda: t.connect(self.opts.connect_timeout_s),
+                retry_on=(TransportClosed,),
+                deadline_s=self.opts.give_up_after_s,
+                on_retry=self._on_retry,
+            )
             self._send(0, register=self._registration())
             while True:
                 msg = t.recv(None)
@@ -127,14 +139,19 @@ class Agent:
         log.warning("%s; retrying in %.1f s", exc, delay)
 
     def _registration(self) -> pb.Register:
-        cached = self.run_config.public_data.sha256 if self.public is not None and \
-            self.run_config is not None else ""
+        cached = (
+            self.run_config.public_data.sha256
+            if self.public is not None and self.run_config is not None
+            else ""
+        )
         return pb.Register(
             device=device_profile(),
-            model=pb.ModelInfo(architecture=self.opts.model,
-                               parameter_count=parameter_count(self.model),
-                               input_shape=list(self.input_shape),
-                               num_classes=self.opts.num_classes),
+            model=pb.ModelInfo(
+                architecture=self.opts.model,
+                parameter_count=parameter_count(self.model),
+                input_shape=list(self.input_shape),
+                num_classes=self.opts.num_classes,
+            ),
             num_train_samples=len(self.data.x_train),
             num_test_samples=len(self.data.x_test),
             public_data_sha256=cached,
@@ -172,8 +189,9 @@ class Agent:
             self._send(0, public_data_request=pb.PublicDataRequest(sha256=info.sha256))
         else:
             self._make_learner()
-        log.info("run: %s, %d of %d rounds done", cfg.algorithm, cfg.completed_rounds,
-                 cfg.total_rounds)
+        log.info(
+            "run: %s, %d of %d rounds done", cfg.algorithm, cfg.completed_rounds, cfg.total_rounds
+        )
 
     def _cached_public(self, info: pb.PublicDataInfo) -> np.ndarray | None:
         path = self.cache_dir / f"{info.sha256}.npz"
@@ -202,11 +220,17 @@ class Agent:
         if self.learner is not None or self.run_config is None or self.public is None:
             return
         cls = learners.get(self.run_config.algorithm)
-        self.learner = cls(LearnerContext(
-            agent_id=self.opts.agent_id, model=self.model, data=self.data, public=self.public,
-            params=from_values(self.run_config.params), num_classes=self.opts.num_classes,
-            rng=self.rng,
-        ))
+        self.learner = cls(
+            LearnerContext(
+                agent_id=self.opts.agent_id,
+                model=self.model,
+                data=self.data,
+                public=self.public,
+                params=from_values(self.run_config.params),
+                num_classes=self.opts.num_classes,
+                rng=self.rng,
+            )
+        )
 
     def _task(self, msg: Message) -> None:
         env = msg.envelope
@@ -224,7 +248,9 @@ class Agent:
         else:
             try:
                 view = TaskView(
-                    round=env.round, phase=task.phase, action=task.action,
+                    round=env.round,
+                    phase=task.phase,
+                    action=task.action,
                     tensors=codec.decode_many(task.tensors, msg.blobs, require_finite=True),
                     params=from_values(task.params),
                     public_indices=public_data.resolve(task.public, len(self.public)),
@@ -237,7 +263,8 @@ class Agent:
         wire = str(self.learner.ctx.params.get("wire", "float32"))
         blobs: codec.Blobs = []
         result = pb.Result(
-            phase=task.phase, action=task.action,
+            phase=task.phase,
+            action=task.action,
             tensors=codec.encode_many(reply.tensors, wire, blobs),  # type: ignore[arg-type]
             metrics=reply.metrics,
             busy=_cover(spans),
@@ -251,10 +278,18 @@ class Agent:
         start = time.time()
         acc = training.evaluate(self.model, self.data.x_test, self.data.y_test)
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
-        rep = export_onnx(self.model, self.input_shape, self.opts.out_dir / "model.onnx",
-                          check_samples=self.data.x_test[:64])
-        log.info("exported %s (%d bytes); onnxruntime vs torch max abs diff %.2e",
-                 rep.path, rep.file_bytes, rep.max_abs_diff)
+        rep = export_onnx(
+            self.model,
+            self.input_shape,
+            self.opts.out_dir / "model.onnx",
+            check_samples=self.data.x_test[:64],
+        )
+        log.info(
+            "exported %s (%d bytes); onnxruntime vs torch max abs diff %.2e",
+            rep.path,
+            rep.file_bytes,
+            rep.max_abs_diff,
+        )
         self.final = {
             "final_test_acc": acc,
             "onnx_max_abs_diff": rep.max_abs_diff,
@@ -265,13 +300,19 @@ class Agent:
         }
         return LearnerReply({}, dict(self.final))
 
-    def _send(self, rnd: int, remember: tuple[int, int] | None = None,
-              blobs: codec.Blobs | None = None, **body: object) -> None:
+    def _send(
+        self,
+        rnd: int,
+        remember: tuple[int, int] | None = None,
+        blobs: codec.Blobs | None = None,
+        **body: object,
+    ) -> None:
         """Send one message; `remember` keeps it to answer a repeated task after a reconnect."""
         assert self.transport is not None
         self._seq += 1
-        env = pb.Envelope(agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=rnd,
-                          seq=self._seq, **body)  # type: ignore[arg-type]
+        env = pb.Envelope(
+            agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=rnd, seq=self._seq, **body
+        )  # type: ignore[arg-type]
         msg = Message(env, blobs or [])
         if remember is not None:
             self.sent[remember] = msg
@@ -285,8 +326,11 @@ def _cover(spans: list[Span]) -> list[pb.Interval]:
         return []
     for s in spans:
         log.debug("%s: %.3f s", s.what, s.end_unix - s.start_unix)
-    return [pb.Interval(start_unix=min(s.start_unix for s in spans),
-                        end_unix=max(s.end_unix for s in spans))]
+    return [
+        pb.Interval(
+            start_unix=min(s.start_unix for s in spans), end_unix=max(s.end_unix for s in spans)
+        )
+    ]
 
 
 def device_profile() -> pb.DeviceProfile:
@@ -295,6 +339,10 @@ def device_profile() -> pb.DeviceProfile:
     except (ValueError, OSError, AttributeError):
         memory = 0
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
-    return pb.DeviceProfile(cpu_arch=platform.machine(), cpu_cores=os.cpu_count() or 0,
-                            memory_bytes=memory, accelerator=accelerator,
-                            hostname=socket.gethostname())
+    return pb.DeviceProfile(
+        cpu_arch=platform.machine(),
+        cpu_cores=os.cpu_count() or 0,
+        memory_bytes=memory,
+        accelerator=accelerator,
+        hostname=socket.gethostname(),
+    )

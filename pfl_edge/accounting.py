@@ -36,7 +36,13 @@ class ByteMeter:
         self._counts: dict[Key, Count] = defaultdict(Count)
 
     def record(
-        self, agent_id: str, round_: int, direction: Direction, kind: str, nbytes: int, frames: int = 1
+        self,
+        agent_id: str,
+        round_: int,
+        direction: Direction,
+        kind: str,
+        nbytes: int,
+        frames: int = 1,
     ) -> None:
         with self._lock:
             c = self._counts[Key(agent_id, round_, direction, kind)]
@@ -80,16 +86,22 @@ class ByteMeter:
                 "messages": c.messages,
                 "frames": c.frames,
             }
-            for k, c in sorted(self.snapshot().items(), key=lambda kv: (kv[0].round, kv[0].agent_id,
-                                                                        kv[0].direction, kv[0].kind))
+            for k, c in sorted(
+                self.snapshot().items(),
+                key=lambda kv: (kv[0].round, kv[0].agent_id, kv[0].direction, kv[0].kind),
+            )
         ]
 
     def load_rows(self, rows: Iterable[dict[str, object]]) -> None:
         """Restore counters written by `rows` (coordinator restart)."""
         with self._lock:
             for r in rows:
-                key = Key(str(r["agent_id"]), int(str(r["round"])), _direction(r["direction"]),
-                          str(r["kind"]))
+                key = Key(
+                    str(r["agent_id"]),
+                    int(str(r["round"])),
+                    _direction(r["direction"]),
+                    str(r["kind"]),
+                )
                 c = self._counts[key]
                 c.bytes += int(str(r["bytes"]))
                 c.messages += int(str(r["messages"]))

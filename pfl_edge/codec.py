@@ -175,7 +175,9 @@ def _data(t: tpb.Tensor, blobs: Sequence[bytes | bytearray | memoryview | np.nda
             f"{len(t.data)} inline bytes"
         )
     blob = blobs[t.blob - 1]
-    return memoryview(np.ascontiguousarray(blob) if isinstance(blob, np.ndarray) else blob).cast("B")
+    return memoryview(np.ascontiguousarray(blob) if isinstance(blob, np.ndarray) else blob).cast(
+        "B"
+    )
 
 
 def _decode_affine(t: tpb.Tensor, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:
@@ -183,8 +185,12 @@ def _decode_affine(t: tpb.Tensor, data: Any, shape: tuple[int, ...], count: int)
         raise errors.invalid(f"tensor {t.name!r}: int8 affine encoding must decode to float32")
     rows = shape[0] if shape else 1
     groups = len(t.scale) // 4
-    if (len(data) != count or groups not in (1, rows) or len(t.scale) % 4
-            or len(t.offset) != len(t.scale)):
+    if (
+        len(data) != count
+        or groups not in (1, rows)
+        or len(t.scale) % 4
+        or len(t.offset) != len(t.scale)
+    ):
         raise errors.invalid(
             f"tensor {t.name!r}: int8 affine sizes (data {len(data)}, scale {len(t.scale)}, "
             f"offset {len(t.offset)} bytes) do not match shape {list(shape)}"
@@ -207,7 +213,8 @@ def encoded_bytes(t: tpb.Tensor, blobs: Sequence[Any] = ()) -> int:
 
 
 def encode_many(
-    arrays: Mapping[str, npt.ArrayLike], wire: WireFormat | None = None,
+    arrays: Mapping[str, npt.ArrayLike],
+    wire: WireFormat | None = None,
     blobs: Blobs | None = None,
 ) -> list[tpb.Tensor]:
     return [encode(name, arr, wire, blobs) for name, arr in arrays.items()]

@@ -36,32 +36,66 @@ def run_demo(args: argparse.Namespace) -> int:
             log.info("removing the previous demo's %s", old)
             shutil.rmtree(old)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    log.info("partitioning MNIST for %d agents (%s, %d samples each)", args.agents,
-             args.noniid, args.samples_per_agent)
+    log.info(
+        "partitioning MNIST for %d agents (%s, %d samples each)",
+        args.agents,
+        args.noniid,
+        args.samples_per_agent,
+    )
     paths = write_partitions(args, out / "data")
     port = free_port()
     config = out / "coordinator.toml"
     config.write_text(_config_toml(args, port, state))
     proxy = CountingProxy(("127.0.0.1", port)).start()
-    log.info("coordinator on grpc://127.0.0.1:%d, agents connect through a counting proxy "
-             "on port %d", port, proxy.port)
+    log.info(
+        "coordinator on grpc://127.0.0.1:%d, agents connect through a counting proxy on port %d",
+        port,
+        proxy.port,
+    )
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
         coord_log = out / "logs" / "coordinator.log"
         coordinator = _spawn(
-            [sys.executable, "-m", "coordinator.cli", "serve", "--config", str(config),
-             "--report-dir", str(out)], coord_log, echo=True)
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--report-dir",
+                str(out),
+            ],
+            coord_log,
+            echo=True,
+        )
         procs.append(("coordinator", coordinator, coord_log))
         models = [m for m in args.models.split(",") if m]
         for i, path in enumerate(paths):
             agent_id = f"agent-{i:02d}"
             agent_log = out / "logs" / f"{agent_id}.log"
-            cmd = [sys.executable, "-m", "edge_agent.cli", "run",
-                   "--coordinator", f"grpc://127.0.0.1:{proxy.port}",
-                   "--model", models[i % len(models)], "--data", str(path),
-                   "--agent-id", agent_id, "--out", str(out / "agents" / agent_id),
-                   "--cache-dir", str(out / "agents" / agent_id / "cache"), "--threads", "1",
-                   "--seed", str(args.seed)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "edge_agent.cli",
+                "run",
+                "--coordinator",
+                f"grpc://127.0.0.1:{proxy.port}",
+                "--model",
+                models[i % len(models)],
+                "--data",
+                str(path),
+                "--agent-id",
+                agent_id,
+                "--out",
+                str(out / "agents" / agent_id),
+                "--cache-dir",
+                str(out / "agents" / agent_id / "cache"),
+                "--threads",
+                "1",
+                "--seed",
+                str(args.seed),
+            ]
             procs.append((agent_id, _spawn(cmd, agent_log), agent_log))
         rc = _wait(procs, args.timeout)
     finally:
@@ -133,14 +167,18 @@ def _wait(procs: list[tuple[str, subprocess.Popen[bytes], Path]], timeout: float
             for name, _, path in procs:
                 if name in failed:
                     tail = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                    log.error("%s failed (exit %s); last lines of %s:\n%s", name, codes[name],
-                              path, "\n".join(tail))
+                    log.error(
+                        "%s failed (exit %s); last lines of %s:\n%s",
+                        name,
+                        codes[name],
+                        path,
+                        "\n".join(tail),
+                    )
             return 1
         if all(c == 0 for c in codes.values()):
             return 0
         time.sleep(0.5)
-    log.error("demo did not finish within %.0f s; logs are in %s", timeout,
-              procs[0][2].parent)
+    log.error("demo did not finish within %.0f s; logs are in %s", timeout, procs[0][2].parent)
     return 1
 
 
@@ -151,8 +189,9 @@ def _add_socket_counts(report: dict[str, Any], proxy: CountingProxy) -> None:
     final["socket_bytes_down"] = counts.down
     tensor = final.get("tensor_bytes") or 0
     final["wire_overhead"] = (counts.up + counts.down) / tensor if tensor else None
-    final["accounting_vs_socket"] = final["accounted_bytes"] / (counts.up + counts.down) \
-        if counts.up + counts.down else None
+    final["accounting_vs_socket"] = (
+        final["accounted_bytes"] / (counts.up + counts.down) if counts.up + counts.down else None
+    )
 
 
 def _summary(report: dict[str, Any], out: Path) -> None:
@@ -161,11 +200,14 @@ def _summary(report: dict[str, Any], out: Path) -> None:
     for a in report["agents"]:
         acc = a["final_test_acc"]
         diff = a["onnx_max_abs_diff"]
-        lines.append(f"{a['id']:10s} {a['model']:18s} {a['params']:8d} "
-                     f"{'-' if acc is None else f'{acc:.4f}':>7s} "
-                     f"{'-' if diff is None else f'{diff:.1e}':>10s}")
-    accs = " -> ".join(f"{r['mean_test_acc']:.3f}" for r in report["rounds"]
-                       if r["mean_test_acc"] is not None)
+        lines.append(
+            f"{a['id']:10s} {a['model']:18s} {a['params']:8d} "
+            f"{'-' if acc is None else f'{acc:.4f}':>7s} "
+            f"{'-' if diff is None else f'{diff:.1e}':>10s}"
+        )
+    accs = " -> ".join(
+        f"{r['mean_test_acc']:.3f}" for r in report["rounds"] if r["mean_test_acc"] is not None
+    )
     lines += [
         f"mean test accuracy per round: {accs}",
         f"uplink per agent-round {f['bytes_up_per_agent_round'] / 1e3:.1f} KB, downlink "

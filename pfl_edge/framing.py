@@ -95,12 +95,18 @@ class Framer:
             return
         views = blob_views(blobs)
         transfer_id = next(self._ids)
-        head = pb.Head(transfer_id=transfer_id, envelope=env,
-                       blob_bytes=[v.nbytes for v in views], chunk_bytes=self.chunk_bytes)
+        head = pb.Head(
+            transfer_id=transfer_id,
+            envelope=env,
+            blob_bytes=[v.nbytes for v in views],
+            chunk_bytes=self.chunk_bytes,
+        )
         yield pb.Frame(head=head).SerializeToString()
-        pieces = [(number, index, view[start:start + self.chunk_bytes])
-                  for number, view in enumerate(views, start=1)
-                  for index, start in enumerate(range(0, view.nbytes, self.chunk_bytes))]
+        pieces = [
+            (number, index, view[start : start + self.chunk_bytes])
+            for number, view in enumerate(views, start=1)
+            for index, start in enumerate(range(0, view.nbytes, self.chunk_bytes))
+        ]
         # hashlib releases the GIL: the digests are computed on another core while the
         # frames already hashed are built and sent.
         digests = _hash_pool().map(_sha256, (p[2] for p in pieces))
@@ -110,8 +116,9 @@ class Framer:
     @staticmethod
     def _chunk(transfer_id: int, blob: int, index: int, data: memoryview, digest: bytes) -> bytes:
         # Hand-built Frame{chunk{..., data}} so that the data is copied once, into the frame.
-        header = pb.Chunk(transfer_id=transfer_id, blob=blob, index=index,
-                          sha256=digest).SerializeToString()
+        header = pb.Chunk(
+            transfer_id=transfer_id, blob=blob, index=index, sha256=digest
+        ).SerializeToString()
         data_key = _field(5, data.nbytes)
         inner = len(header) + len(data_key) + data.nbytes
         return b"".join((_field(3, inner), header, data_key, data))
@@ -190,8 +197,9 @@ class Reassembler:
             return None
         if kind == "chunk":
             c = frame.chunk
-            return self._feed_chunk(_ChunkView(c.transfer_id, c.blob, c.index, c.sha256, c.data),
-                                    wire_bytes)
+            return self._feed_chunk(
+                _ChunkView(c.transfer_id, c.blob, c.index, c.sha256, c.data), wire_bytes
+            )
         raise errors.invalid("frame carries no envelope, head or chunk")
 
     def _start(self, head: pb.Head, wire_bytes: int) -> None:
@@ -213,8 +221,13 @@ class Reassembler:
                 f"{MAX_OPEN_TRANSFERS} transfers are open at once from one sender"
             )
         _check_blob_refs(head.envelope, len(sizes))
-        t = _Transfer(head, [bytearray(n) for n in sizes], [0] * len(sizes),
-                      sum(_chunk_count(n, head.chunk_bytes) for n in sizes), wire_bytes)
+        t = _Transfer(
+            head,
+            [bytearray(n) for n in sizes],
+            [0] * len(sizes),
+            sum(_chunk_count(n, head.chunk_bytes) for n in sizes),
+            wire_bytes,
+        )
         if t.remaining == 0:
             raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
         self._open[head.transfer_id] = t
@@ -227,8 +240,9 @@ class Reassembler:
             )
         if not 1 <= c.blob <= len(t.buffers):
             self._drop(c.transfer_id)
-            raise errors.invalid(f"transfer {c.transfer_id}: chunk names blob {c.blob} of "
-                                 f"{len(t.buffers)}")
+            raise errors.invalid(
+                f"transfer {c.transfer_id}: chunk names blob {c.blob} of {len(t.buffers)}"
+            )
         buf, expected = t.buffers[c.blob - 1], t.next_index[c.blob - 1]
         t.wire_bytes += wire_bytes
         t.frames += 1
@@ -248,7 +262,7 @@ class Reassembler:
             raise errors.data_loss(
                 f"transfer {c.transfer_id} blob {c.blob} chunk {c.index}: sha256 mismatch"
             )
-        buf[start:start + want] = data
+        buf[start : start + want] = data
         t.next_index[c.blob - 1] += 1
         t.remaining -= 1
         if t.remaining:
@@ -308,7 +322,7 @@ def _parse_chunk_frame(raw: bytes) -> _ChunkView | None:
                 n, pos = _read_varint(buf, pos)
                 if pos + n > len(buf):
                     return None
-                fields[number], pos = buf[pos:pos + n], pos + n
+                fields[number], pos = buf[pos : pos + n], pos + n
             else:
                 return None
     except ValueError:
@@ -334,5 +348,9 @@ def _check_blob_refs(env: pb.Envelope, blobs: int) -> None:
 
 def blob_views(blobs: Sequence[Buffer]) -> list[memoryview]:
     """Byte views of blobs, for decoding."""
-    return [memoryview(b).cast("B") if not isinstance(b, np.ndarray)
-            else memoryview(np.ascontiguousarray(b)).cast("B") for b in blobs]
+    return [
+        memoryview(b).cast("B")
+        if not isinstance(b, np.ndarray)
+        else memoryview(np.ascontiguousarray(b)).cast("B")
+        for b in blobs
+    ]

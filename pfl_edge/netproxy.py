@@ -3,6 +3,7 @@ cross the socket in each direction. It measures what byte accounting claims."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -25,8 +26,9 @@ class SocketCounts:
 class CountingProxy:
     """Listen on `listen_host:port` (0 picks a free port), forward to `target`."""
 
-    def __init__(self, target: tuple[str, int], listen_host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, target: tuple[str, int], listen_host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._counts = SocketCounts()
@@ -78,8 +80,9 @@ class CountingProxy:
                 self._counts.connections += 1
                 self._sockets += [client, upstream]
             for src, dst, up in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True,
-                                 name="proxy-pump").start()
+                threading.Thread(
+                    target=self._pump, args=(src, dst, up), daemon=True, name="proxy-pump"
+                ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
@@ -98,10 +101,8 @@ class CountingProxy:
 
 
 def _close(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     s.close()
 
 

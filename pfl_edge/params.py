@@ -33,9 +33,7 @@ def resolve(defaults: Mapping[str, Scalar], given: Mapping[str, object]) -> dict
     """Defaults overridden by `given`; unknown keys and wrong types raise ValueError."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(
-            f"unknown algorithm parameter(s) {unknown}; known: {sorted(defaults)}"
-        )
+        raise ValueError(f"unknown algorithm parameter(s) {unknown}; known: {sorted(defaults)}")
     out = dict(defaults)
     for key, value in given.items():
         default = defaults[key]

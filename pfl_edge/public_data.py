@@ -22,8 +22,9 @@ def images_sha256(images: np.ndarray) -> str:
 def describe(name: str, images: np.ndarray) -> pb.PublicDataInfo:
     """Check a uint8 image set (N, C, H, W) and describe it."""
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"public images must be uint8 (N, C, H, W), got {images.dtype} "
-                         f"{list(images.shape)}")
+        raise ValueError(
+            f"public images must be uint8 (N, C, H, W), got {images.dtype} {list(images.shape)}"
+        )
     return pb.PublicDataInfo(
         name=name,
         sha256=images_sha256(images),

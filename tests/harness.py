@@ -33,10 +33,23 @@ def write_public(path: Path, n: int = 200, seed: int = 0) -> Path:
 
 def make_config(tmp: Path, **run: Any) -> RunConfig:
     return RunConfig(
-        run=RunSection(**{"id": "t", "algorithm": "fedmd", "rounds": 2, "min_agents": 1,
-                          "phase_timeout_s": 30.0, "state_dir": str(tmp / "state"), **run}),
-        public=PublicSection(dataset=str(write_public(tmp / "public.npz")), samples=200,
-                             per_round=50, num_classes=NUM_CLASSES),
+        run=RunSection(
+            **{
+                "id": "t",
+                "algorithm": "fedmd",
+                "rounds": 2,
+                "min_agents": 1,
+                "phase_timeout_s": 30.0,
+                "state_dir": str(tmp / "state"),
+                **run,
+            }
+        ),
+        public=PublicSection(
+            dataset=str(write_public(tmp / "public.npz")),
+            samples=200,
+            per_round=50,
+            num_classes=NUM_CLASSES,
+        ),
         server=ServerSection(grpc="127.0.0.1:0"),
         algorithm={"wire": "float32"},
     )
@@ -81,14 +94,25 @@ class ScriptedAgent:
 
     def send(self, rnd: int = 0, agent_id: str | None = None, **body: Any) -> None:
         self.seq += 1
-        self.t.send(Message(pb.Envelope(agent_id=agent_id or self.agent_id, round=rnd,
-                                        seq=self.seq, **body)))
+        self.t.send(
+            Message(
+                pb.Envelope(agent_id=agent_id or self.agent_id, round=rnd, seq=self.seq, **body)
+            )
+        )
 
     def register(self, num_classes: int = NUM_CLASSES) -> pb.RunConfig:
-        self.send(register=pb.Register(
-            model=pb.ModelInfo(architecture="scripted", parameter_count=1000,
-                               input_shape=list(SAMPLE_SHAPE), num_classes=num_classes),
-            num_train_samples=100, num_test_samples=20))
+        self.send(
+            register=pb.Register(
+                model=pb.ModelInfo(
+                    architecture="scripted",
+                    parameter_count=1000,
+                    input_shape=list(SAMPLE_SHAPE),
+                    num_classes=num_classes,
+                ),
+                num_train_samples=100,
+                num_test_samples=20,
+            )
+        )
         return self.expect("run_config").run_config
 
     def expect(self, kind: str, timeout: float = 10.0) -> pb.Envelope:
@@ -110,14 +134,21 @@ class ScriptedAgent:
         except TransportClosed as exc:
             return exc
 
-    def answer(self, task_env: pb.Envelope, tensors: dict[str, np.ndarray] | None = None,
-               wire: codec.WireFormat | None = "float32", **fields: Any) -> None:
+    def answer(
+        self,
+        task_env: pb.Envelope,
+        tensors: dict[str, np.ndarray] | None = None,
+        wire: codec.WireFormat | None = "float32",
+        **fields: Any,
+    ) -> None:
         """Send the Result for a task (fields override phase/action)."""
         task = task_env.task
-        result = pb.Result(phase=fields.pop("phase", task.phase),
-                           action=fields.pop("action", task.action),
-                           tensors=codec.encode_many(tensors or {}, wire),
-                           metrics=fields.pop("metrics", {"test_acc": 0.5}))
+        result = pb.Result(
+            phase=fields.pop("phase", task.phase),
+            action=fields.pop("action", task.action),
+            tensors=codec.encode_many(tensors or {}, wire),
+            metrics=fields.pop("metrics", {"test_acc": 0.5}),
+        )
         self.send(fields.pop("round", task_env.round), result=result, **fields)
 
     def close(self) -> None:

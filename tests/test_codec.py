@@ -20,8 +20,11 @@ def test_float_round_trips_within_encoding_precision(shape: tuple[int, ...]) -> 
     assert q.dtype == np.float32 and q.shape == a.shape
     if a.size:
         rows = a.reshape(a.shape[0], -1)
-        spread = (rows.max() - rows.min()) if rows.shape[1] < codec.PER_ROW_MIN_ELEMENTS \
+        spread = (
+            (rows.max() - rows.min())
+            if rows.shape[1] < codec.PER_ROW_MIN_ELEMENTS
             else (rows.max(axis=1) - rows.min(axis=1)).max()
+        )
         assert np.abs(q - a).max() <= spread / 255 * 0.51 + 1e-6
 
 
@@ -57,8 +60,13 @@ def test_mismatched_byte_count_refused() -> None:
 
 
 def test_huge_declared_shape_refused_before_allocation() -> None:
-    t = tpb.Tensor(name="x", dtype=tpb.DTYPE_FLOAT32, shape=[1 << 20, 1 << 20],
-                   encoding=tpb.ENCODING_RAW, data=b"\0" * 16)
+    t = tpb.Tensor(
+        name="x",
+        dtype=tpb.DTYPE_FLOAT32,
+        shape=[1 << 20, 1 << 20],
+        encoding=tpb.ENCODING_RAW,
+        data=b"\0" * 16,
+    )
     with pytest.raises(Rejection, match="above the limit") as e:
         codec.decode(t)
     assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
@@ -86,8 +94,9 @@ def test_unknown_dtype_and_encoding_refused() -> None:
     with pytest.raises(Rejection, match="unknown dtype"):
         codec.decode(tpb.Tensor(name="x", dtype=99, shape=[1], encoding=tpb.ENCODING_RAW))
     with pytest.raises(Rejection, match="unknown encoding"):
-        codec.decode(tpb.Tensor(name="x", dtype=tpb.DTYPE_FLOAT32, shape=[1], encoding=7,
-                                data=b"\0" * 4))
+        codec.decode(
+            tpb.Tensor(name="x", dtype=tpb.DTYPE_FLOAT32, shape=[1], encoding=7, data=b"\0" * 4)
+        )
     with pytest.raises(ValueError, match="cannot travel"):
         codec.encode("x", np.zeros(2, np.complex64))
 

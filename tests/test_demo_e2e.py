@@ -21,10 +21,30 @@ ROUNDS = 2
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, "-m", "pfl_edge.cli", "demo", "--algorithm", "fedmd",
-           "--agents", str(AGENTS), "--rounds", str(ROUNDS), "--samples-per-agent", "200",
-           "--local-epochs", "2", "--public-samples", "1000", "--public-per-round", "200",
-           "--out", str(out), "--timeout", "400"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pfl_edge.cli",
+        "demo",
+        "--algorithm",
+        "fedmd",
+        "--agents",
+        str(AGENTS),
+        "--rounds",
+        str(ROUNDS),
+        "--samples-per-agent",
+        "200",
+        "--local-epochs",
+        "2",
+        "--public-samples",
+        "1000",
+        "--public-per-round",
+        "200",
+        "--out",
+        str(out),
+        "--timeout",
+        "400",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=450)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "round 2/2 done" in proc.stderr
@@ -36,10 +56,22 @@ def test_report_has_the_promised_fields(demo: Path) -> None:
     assert report["algorithm"] == "fedmd" and report["transport"] == "grpc"
     assert len(report["agents"]) == AGENTS
     assert {a["model"] for a in report["agents"]} == {
-        "lenet5", "alexnet_small", "resnet_small", "shufflenet_small"}
+        "lenet5",
+        "alexnet_small",
+        "resnet_small",
+        "shufflenet_small",
+    }
     for a in report["agents"]:
-        for key in ("id", "model", "params", "train_samples", "final_test_acc",
-                    "onnx_max_abs_diff", "bytes_up", "bytes_down"):
+        for key in (
+            "id",
+            "model",
+            "params",
+            "train_samples",
+            "final_test_acc",
+            "onnx_max_abs_diff",
+            "bytes_up",
+            "bytes_down",
+        ):
             assert a[key] is not None, key
         assert a["onnx_max_abs_diff"] < 1e-4
         assert 0.0 <= a["final_test_acc"] <= 1.0
@@ -63,8 +95,7 @@ def test_predict_runs_on_onnxruntime_without_torch(demo: Path) -> None:
         f"rc = main(['predict', '--model', {str(model)!r}, '--input', {str(inputs)!r}]); "
         "assert 'torch' not in sys.modules, 'predict imported torch'; sys.exit(rc)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 5

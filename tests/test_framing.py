@@ -19,8 +19,13 @@ CHUNK = 64 * 1024
 def big_message(n_floats: int = 300_000) -> tuple[Message, np.ndarray]:
     a = np.random.default_rng(0).normal(size=n_floats).astype(np.float32)
     blobs: codec.Blobs = []
-    env = pb.Envelope(agent_id="a", round=3, result=pb.Result(
-        tensors=[codec.encode("w", a, blobs=blobs), codec.encode("b", a[:10], blobs=blobs)]))
+    env = pb.Envelope(
+        agent_id="a",
+        round=3,
+        result=pb.Result(
+            tensors=[codec.encode("w", a, blobs=blobs), codec.encode("b", a[:10], blobs=blobs)]
+        ),
+    )
     return Message(env, blobs), a
 
 
@@ -62,7 +67,8 @@ def test_large_inline_tensor_is_moved_to_a_blob() -> None:
     last = feed_all(frames)[-1]
     assert last is not None
     np.testing.assert_array_equal(
-        codec.decode(last.envelope.result.tensors[0], last.message.blobs), a)
+        codec.decode(last.envelope.result.tensors[0], last.message.blobs), a
+    )
 
 
 def test_repeated_chunk_is_ignored() -> None:
@@ -90,8 +96,7 @@ def test_corrupted_chunk_fails_its_hash() -> None:
 
 
 def test_declared_size_above_maximum_refused_without_allocating() -> None:
-    head = pb.Head(transfer_id=1, envelope=pb.Envelope(), blob_bytes=[8 << 30],
-                   chunk_bytes=CHUNK)
+    head = pb.Head(transfer_id=1, envelope=pb.Envelope(), blob_bytes=[8 << 30], chunk_bytes=CHUNK)
     r = Reassembler(max_message_bytes=1 << 20)
     tracemalloc.start()
     try:
@@ -122,5 +127,5 @@ def test_too_many_open_transfers_refused() -> None:
 
 @pytest.mark.parametrize("raw", [b"\xff\xff\xff", pb.Frame().SerializeToString()])
 def test_malformed_or_empty_frame_refused(raw: bytes) -> None:
-    with pytest.raises(Rejection, match="malformed frame|no envelope, head or chunk"):
+    with pytest.raises(Rejection, match=r"malformed frame|no envelope, head or chunk"):
         Reassembler().feed(raw, 0)

@@ -11,7 +11,13 @@ import pytest
 
 from pfl_edge import codec
 from pfl_edge.v1 import messages_pb2 as pb
-from tests.harness import Coordinator, ScriptedAgent, make_config, running_coordinator, soft_predictions
+from tests.harness import (
+    Coordinator,
+    ScriptedAgent,
+    make_config,
+    running_coordinator,
+    soft_predictions,
+)
 
 PER_ROUND = 50
 
@@ -28,7 +34,9 @@ def joined(coord: Coordinator, agent_id: str) -> tuple[ScriptedAgent, pb.Envelop
     return agent, None
 
 
-def start_round(coord: Coordinator) -> tuple[ScriptedAgent, pb.Envelope, ScriptedAgent, pb.Envelope]:
+def start_round(
+    coord: Coordinator,
+) -> tuple[ScriptedAgent, pb.Envelope, ScriptedAgent, pb.Envelope]:
     a, _ = joined(coord, "a")
     b, _ = joined(coord, "b")
     return a, a.expect("task"), b, b.expect("task")
@@ -37,8 +45,13 @@ def start_round(coord: Coordinator) -> tuple[ScriptedAgent, pb.Envelope, Scripte
 def snapshot(coord: Coordinator) -> tuple[object, ...]:
     phase = coord.engine.phase
     assert phase is not None
-    return (phase.round, phase.index, sorted(phase.replies), coord.engine.completed_rounds,
-            len(coord.store.rounds()))
+    return (
+        phase.round,
+        phase.index,
+        sorted(phase.replies),
+        coord.engine.completed_rounds,
+        len(coord.store.rounds()),
+    )
 
 
 def rejoin(coord: Coordinator, agent_id: str) -> tuple[ScriptedAgent, pb.Envelope]:
@@ -56,7 +69,7 @@ def test_malformed_bytes_refused(coord: Coordinator) -> None:
     assert err.code == pb.ERROR_CODE_INVALID_ARGUMENT
     assert "malformed frame" in err.reason
     assert snapshot(coord) == before
-    again, task = rejoin(coord, "a")
+    _, task = rejoin(coord, "a")
     assert task.task.action == "train_predict"
 
 
@@ -106,8 +119,9 @@ def test_logits_instead_of_probabilities_refused(coord: Coordinator) -> None:
 def test_declared_size_above_limit_refused_before_allocation(coord: Coordinator) -> None:
     a, _, _, _ = start_round(coord)
     before = snapshot(coord)
-    head = pb.Head(transfer_id=7, envelope=pb.Envelope(agent_id="a"), blob_bytes=[1 << 40],
-                   chunk_bytes=1 << 20)
+    head = pb.Head(
+        transfer_id=7, envelope=pb.Envelope(agent_id="a"), blob_bytes=[1 << 40], chunk_bytes=1 << 20
+    )
     a.t.send_raw(pb.Frame(head=head).SerializeToString())
     err = a.refusal()
     assert err.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
@@ -175,9 +189,14 @@ def test_upload_for_closed_round_refused(coord: Coordinator) -> None:
 
 def test_wrong_model_shape_refused_at_registration(coord: Coordinator) -> None:
     agent = ScriptedAgent(coord.target, "odd")
-    agent.send(register=pb.Register(
-        model=pb.ModelInfo(architecture="x", parameter_count=10, input_shape=[3, 32, 32],
-                           num_classes=10), num_train_samples=5))
+    agent.send(
+        register=pb.Register(
+            model=pb.ModelInfo(
+                architecture="x", parameter_count=10, input_shape=[3, 32, 32], num_classes=10
+            ),
+            num_train_samples=5,
+        )
+    )
     err = agent.refusal()
     assert err.code == pb.ERROR_CODE_FAILED_PRECONDITION
     assert "does not fit this run's data [1, 8, 8]" in err.reason

@@ -84,24 +84,24 @@ class Strategy(abc.ABC):
         """Raise `Rejection` when a reply cannot be used (wrong tensors, shapes).
 
         Called before a reply is accepted; the run's state must not change here.
-        Tensors are already checked to be finite.
+        Tensors are already checked to be finite. The default accepts every reply.
         """
+        return None
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to resume after a restart (arrays; scalars as 0-d arrays)."""
         return {}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what `state` returned."""
+        """Restore what `state` returned (the default keeps no state)."""
+        return None
 
     def summary(self) -> dict[str, float]:
         """A few numbers about the strategy's own state for the round's report."""
         return {}
 
 
-def expect_tensor(
-    reply: Reply, name: str, shape: tuple[int, ...], *, agent_id: str
-) -> np.ndarray:
+def expect_tensor(reply: Reply, name: str, shape: tuple[int, ...], *, agent_id: str) -> np.ndarray:
     """The named tensor of a reply with exactly `shape`, or a Rejection saying what differs."""
     from pfl_edge import errors
 

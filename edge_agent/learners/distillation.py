@@ -28,9 +28,14 @@ class DistillationLearner(Learner):
         model, data = self.ctx.model, self.ctx.data
         with self.busy("train"):
             loss = training.train_epochs(
-                model, data.x_train, data.y_train,
-                epochs=int(self.p("local_epochs")), batch_size=int(self.p("batch_size")),
-                lr=float(self.p("lr")), rng=self.ctx.rng, optimizer=str(self.p("optimizer")),
+                model,
+                data.x_train,
+                data.y_train,
+                epochs=int(self.p("local_epochs")),
+                batch_size=int(self.p("batch_size")),
+                lr=float(self.p("lr")),
+                rng=self.ctx.rng,
+                optimizer=str(self.p("optimizer")),
             )
         with self.busy("evaluate"):
             acc = training.evaluate(model, data.x_test, data.y_test)
@@ -45,14 +50,21 @@ class DistillationLearner(Learner):
         public = self.public_batch(task)
         if target is None or target.shape != (len(public), self.ctx.num_classes):
             shape = None if target is None else list(target.shape)
-            raise ValueError(f"distill needs a 'target' of shape {[len(public), self.ctx.num_classes]}"
-                             f", got {shape}")
+            raise ValueError(
+                f"distill needs a 'target' of shape {[len(public), self.ctx.num_classes]}"
+                f", got {shape}"
+            )
         with self.busy("distill"):
             loss = training.distill(
-                self.ctx.model, public, as_distribution(target),
-                temperature=float(self.p("temperature")), epochs=int(self.p("distill_epochs")),
-                batch_size=int(self.p("distill_batch_size")), lr=float(self.p("distill_lr")),
-                rng=self.ctx.rng, t2_scaling=bool(self.p("t2_scaling")),
+                self.ctx.model,
+                public,
+                as_distribution(target),
+                temperature=float(self.p("temperature")),
+                epochs=int(self.p("distill_epochs")),
+                batch_size=int(self.p("distill_batch_size")),
+                lr=float(self.p("distill_lr")),
+                rng=self.ctx.rng,
+                t2_scaling=bool(self.p("t2_scaling")),
                 optimizer=str(self.p("optimizer")),
             )
         with self.busy("evaluate"):

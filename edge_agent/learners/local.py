@@ -17,9 +17,14 @@ class LocalLearner(Learner):
         model, data = self.ctx.model, self.ctx.data
         with self.busy("train"):
             loss = training.train_epochs(
-                model, data.x_train, data.y_train,
-                epochs=int(self.p("local_epochs")), batch_size=int(self.p("batch_size")),
-                lr=float(self.p("lr")), rng=self.ctx.rng, optimizer=str(self.p("optimizer")),
+                model,
+                data.x_train,
+                data.y_train,
+                epochs=int(self.p("local_epochs")),
+                batch_size=int(self.p("batch_size")),
+                lr=float(self.p("lr")),
+                rng=self.ctx.rng,
+                optimizer=str(self.p("optimizer")),
             )
         with self.busy("evaluate"):
             acc = training.evaluate(model, data.x_test, data.y_test)

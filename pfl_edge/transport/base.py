@@ -98,10 +98,12 @@ class ClientTransport(abc.ABC):
 def record(meter: ByteMeter, direction: Direction, received: Received) -> None:
     """Count one received message with all its frames."""
     env = received.envelope
-    meter.record(env.agent_id, env.round, direction, kind_of(env), received.wire_bytes,
-                 received.frames)
+    meter.record(
+        env.agent_id, env.round, direction, kind_of(env), received.wire_bytes, received.frames
+    )
 
 
-def record_sent(meter: ByteMeter, direction: Direction, env: pb.Envelope, wire_bytes: int,
-                frames: int) -> None:
+def record_sent(
+    meter: ByteMeter, direction: Direction, env: pb.Envelope, wire_bytes: int, frames: int
+) -> None:
     meter.record(env.agent_id, env.round, direction, kind_of(env), wire_bytes, frames)

@@ -54,8 +54,9 @@ class GrpcClientTransport(ClientTransport):
             ) from None
         self._channel = channel
         call = channel.stream_stream(gc.CONNECT_METHOD)(self._requests(self._outbox))
-        threading.Thread(target=self._read, args=(call, self._inbox), daemon=True,
-                         name="grpc-reader").start()
+        threading.Thread(
+            target=self._read, args=(call, self._inbox), daemon=True, name="grpc-reader"
+        ).start()
 
     @staticmethod
     def _requests(outbox: queue.Queue[Any]) -> Iterator[bytes]:

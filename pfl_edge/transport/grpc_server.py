@@ -4,6 +4,7 @@ coordinator pushes its messages; plus the standard gRPC health service."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from concurrent.futures import Future
@@ -17,7 +18,6 @@ from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import Inbound, ServerTransport, record, record_sent
-from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class GrpcServerTransport(ServerTransport):
                 self._inbound.on_disconnect(bound[0], reason)
 
     async def _read(
-        self, queue: asyncio.Queue[Any], context: grpc.aio.ServicerContext[Any, Any],
+        self,
+        queue: asyncio.Queue[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
         bound: list[str],
     ) -> None:
         """Read frames until the agent closes; `bound` gets the agent id once registered."""
@@ -174,7 +176,8 @@ class GrpcServerTransport(ServerTransport):
             registering = env.agent_id if peer is None and env.HasField("register") else None
             # Runs in the coordinator's thread as it decides, so the replies are queued
             # before anything it sends this agent afterwards.
-            fut.add_done_callback(lambda f: self._accepted(f, queue, bound, registering))
+            fut.add_done_callback(functools.partial(self._accepted, queue=queue, bound=bound,
+                                                    registering=registering))
             await asyncio.wrap_future(fut)
 
     def _accepted(
