@@ -14,12 +14,10 @@ from __future__ import annotations
 import queue
 import threading
 
-from google.protobuf.message import DecodeError
-
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
@@ -64,7 +62,7 @@ class MqttClientTransport(ClientTransport):
         self._reconnect_deadline_s = reconnect_deadline_s
         self._session: mc.Session | None = None
         self._resume = False
-        self._inbox: queue.Queue[pb.Envelope | TransportClosed] = queue.Queue()
+        self._inbox: queue.Queue[Message | TransportClosed] = queue.Queue()
         self._reassembler = Reassembler(max_message_bytes)
         self._closed: TransportClosed | None = None
         self._give_up: threading.Timer | None = None
@@ -91,7 +89,7 @@ class MqttClientTransport(ClientTransport):
             will=self._status(mc.OFFLINE, "connection to the broker lost (last will)"),
             online=self._status(mc.CONNECTED),
             back_online=self._status(mc.RECONNECTED),
-            on_up=self._link_up,
+            on_up=self._cancel_give_up,
             on_down=self._link_down,
         )
         # Set before open: a resumed session delivers queued messages right away.
@@ -103,20 +101,14 @@ class MqttClientTransport(ClientTransport):
             raise
         self._resume = True
 
-    def send(self, env: pb.Envelope) -> None:
+    def send(self, msg: Message) -> None:
         session = self._session
         if self._closed is not None or session is None:
             raise self._closed or TransportClosed("not connected")
-        raws = [f.SerializeToString() for f in self._framer.frames(env)]
-        for raw in raws:
-            session.publish(self._frames_topic, raw)
-        record_sent(
-            self._meter,
-            "up",
-            env,
-            sum(mc.wire_bytes(self._frames_topic, len(r)) for r in raws),
-            len(raws),
-        )
+        raws = list(self._framer.frames(msg))
+        session.publish(self._frames_topic, *raws)
+        wire = sum(mc.wire_bytes(self._frames_topic, len(r)) for r in raws)
+        record_sent(self._meter, "up", msg.envelope, wire, len(raws))
 
     def send_raw(self, payload: bytes) -> None:
         """Publish bytes on the frames topic as one message, unchecked (for tests of bad input)."""
@@ -124,7 +116,7 @@ class MqttClientTransport(ClientTransport):
             raise TransportClosed("not connected")
         self._session.publish(self._frames_topic, payload)
 
-    def recv(self, timeout_s: float | None) -> pb.Envelope | None:
+    def recv(self, timeout_s: float | None) -> Message | None:
         if self._closed is not None:
             raise self._closed
         try:
@@ -138,7 +130,7 @@ class MqttClientTransport(ClientTransport):
 
     def close(self) -> None:
         """Tell the coordinator this agent is leaving, flush, and disconnect."""
-        self._link_up()
+        self._cancel_give_up()
         session, self._session = self._session, None
         if session is None:
             return
@@ -148,23 +140,14 @@ class MqttClientTransport(ClientTransport):
             session.drain(CLOSE_FLUSH_SECONDS)
         session.close()
 
-    def _status(self, state: str, reason: str = "") -> mc.Message:
-        return mc.Message(
+    def _status(self, state: str, reason: str = "") -> mc.Announcement:
+        return mc.Announcement(
             self._status_topic, mc.status(self._run_id, self._agent_id, state, reason)
         )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        frame = pb.Frame()
         try:
-            frame.ParseFromString(payload)
-            received = self._reassembler.feed(frame, mc.wire_bytes(topic, len(payload)))
-        except DecodeError:
-            self._inbox.put(
-                TransportClosed(
-                    f"unreadable frame from coordinator: {len(payload)} bytes on {topic}"
-                )
-            )
-            return
+            received = self._reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
         except Rejection as r:
             self._inbox.put(TransportClosed(f"bad frame from coordinator: {r}"))
             return
@@ -173,7 +156,7 @@ class MqttClientTransport(ClientTransport):
         record(self._meter, "down", received)
         env = received.envelope
         if not env.HasField("error"):
-            self._inbox.put(env)
+            self._inbox.put(received.message)
         elif env.error.code == pb.ERROR_CODE_UNSPECIFIED:
             self._inbox.put(TransportClosed(env.error.message))
         else:
@@ -186,7 +169,7 @@ class MqttClientTransport(ClientTransport):
             inbox.put(TransportClosed(reason, code))
             return
         closed = TransportClosed(
-            f"{reason}; not re-established within {self._reconnect_deadline_s:.0f} s"
+            f"{reason}; not re-established within {self._reconnect_deadline_s:g} s"
         )
         with self._give_up_lock:
             if self._give_up is None:
@@ -194,7 +177,7 @@ class MqttClientTransport(ClientTransport):
                 self._give_up.daemon = True
                 self._give_up.start()
 
-    def _link_up(self) -> None:
+    def _cancel_give_up(self) -> None:
         with self._give_up_lock:
             timer, self._give_up = self._give_up, None
         if timer is not None:

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -48,6 +50,7 @@ from pfl_edge.transport.base import TransportClosed
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
 
 ROOT = "pfl"
 QOS = 1
@@ -68,6 +71,7 @@ RECONNECT_DEADLINE_SECONDS = 120.0
 
 RECONNECT_MIN_SECONDS = 1
 RECONNECT_MAX_SECONDS = int(RETRY_MAX_SECONDS)
+"""paho's reconnect backoff (whole seconds), capped like pfl_edge.retry."""
 
 FRAME_SLACK_BYTES = MAX_CHUNK_FRAME_BYTES - CHUNK_BYTES
 """Room above the chunk size for a frame's own header."""
@@ -83,7 +87,7 @@ _REFUSALS = {
     0x84: pb.ERROR_CODE_FAILED_PRECONDITION,  # unsupported protocol version
     0x85: pb.ERROR_CODE_INVALID_ARGUMENT,  # client identifier not valid
     0x86: pb.ERROR_CODE_UNAUTHENTICATED,  # bad user name or password
-    0x87: pb.ERROR_CODE_PERMISSION_DENIED,  # not authorized
+    0x87: pb.ERROR_CODE_UNAUTHENTICATED,  # not authorized (mosquitto: also a bad password)
     0x8A: pb.ERROR_CODE_PERMISSION_DENIED,  # banned
     0x8C: pb.ERROR_CODE_UNAUTHENTICATED,  # bad authentication method
     0x95: pb.ERROR_CODE_RESOURCE_EXHAUSTED,  # packet too large
@@ -225,7 +229,9 @@ class Auth:
 
 
 @dataclass(frozen=True)
-class Message:
+class Announcement:
+    """A fixed message: the last will, or a status published after each connect."""
+
     topic: str
     payload: bytes
 
@@ -235,11 +241,11 @@ class Session:
 
     `open` connects, subscribes and publishes `online`; afterwards paho reconnects by
     itself with backoff, and every later CONNACK re-subscribes and publishes
-    `back_online`. The broker publishes
-    `will` when the connection is lost without a DISCONNECT. `on_up` runs after each
-    (re)subscription; `on_down(reason, code)` when the connection is lost (code
-    UNSPECIFIED: paho reconnects) or a reconnect is refused (a pfl_edge.v1.ErrorCode).
-    Callbacks run on paho's network thread and must not block; an exception in one is
+    `back_online`. The broker publishes `will` when the connection is lost without a
+    DISCONNECT. `on_up` runs after each (re)subscription; `on_down(reason, code)` when
+    the connection is lost (code UNSPECIFIED: paho reconnects) or the broker refuses a
+    reconnect or a message (a pfl_edge.v1.ErrorCode).
+    Callbacks run on paho's network thread and must not block; an exception there is
     logged, never raised into paho (it would end the network thread).
     """
 
@@ -253,9 +259,9 @@ class Session:
         on_message: Callable[[str, bytes], None],
         auth: Auth | None = None,
         largest_publish_bytes: int = 0,
-        will: Message | None = None,
-        online: Message | None = None,
-        back_online: Message | None = None,
+        will: Announcement | None = None,
+        online: Announcement | None = None,
+        back_online: Announcement | None = None,
         on_up: Callable[[], None] | None = None,
         on_down: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -292,7 +298,7 @@ class Session:
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
-        client.enable_logger(logging.getLogger("paho.mqtt"))
+        client.on_socket_open = _no_delay
         if self._auth.username is not None:
             client.username_pw_set(self._auth.username, self._auth.password)
         if self._auth.tls is not None:
@@ -313,11 +319,11 @@ class Session:
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, qos=QOS)
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
-        client.on_connect = self._connected
-        client.on_disconnect = self._disconnected
-        client.on_subscribe = self._subscribed
-        client.on_publish = self._published
-        client.on_message = self._received
+        client.on_connect = _guarded(self._connected)
+        client.on_disconnect = _guarded(self._disconnected)
+        client.on_subscribe = _guarded(self._subscribed)
+        client.on_publish = _guarded(self._published)
+        client.on_message = _guarded(self._received)
         client.connect_async(
             self.host,
             self.port,
@@ -330,7 +336,7 @@ class Session:
         failure = self._failure
         if failure is None and not self._ready.is_set():
             failure = TransportClosed(
-                f"MQTT broker at {self.endpoint} not reachable within {timeout_s:.0f} s"
+                f"MQTT broker at {self.endpoint} not reachable within {timeout_s:g} s"
             )
         limit = self.max_packet_bytes
         if failure is None and limit is not None and self._largest_publish_bytes > limit:
@@ -340,11 +346,12 @@ class Session:
                 "the broker's max_packet_size",
                 pb.ERROR_CODE_FAILED_PRECONDITION,
             )
+        if failure is None and self._online is not None:
+            self.drain(max(0.0, deadline - time.monotonic()))
+            failure = self._failure  # the broker may refuse the online status (ACL)
         if failure is not None:
             self.close()
             raise failure
-        if self._online is not None:
-            self.drain(max(0.0, deadline - time.monotonic()))
 
     def _end_old_session(self, deadline: float) -> None:
         client = self._new_client()
@@ -379,8 +386,24 @@ class Session:
             f"MQTT broker at {self.endpoint} refused {self.client_id} (user {who}): {reason}", code
         )
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue one QoS 1 message; paho sends it now or after the next reconnect."""
+    def publish(self, topic: str, *payloads: bytes) -> None:
+        """Queue QoS 1 messages, in order; paho sends them now or after the next reconnect.
+
+        Raises TransportClosed, before queueing any, when one exceeds the broker's packet
+        limit: the broker would drop the connection, and paho resend it after every
+        reconnect.
+        """
+        limit = self.max_packet_bytes
+        size = max((publish_bytes(len(topic.encode()), len(p)) for p in payloads), default=0)
+        if limit is not None and size > limit:
+            raise TransportClosed(
+                f"a {size}-byte MQTT packet to {topic} exceeds the broker's limit of {limit} bytes",
+                pb.ERROR_CODE_RESOURCE_EXHAUSTED,
+            )
+        for payload in payloads:
+            self._publish(topic, payload)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
         info = self._client.publish(topic, payload, qos=QOS)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise TransportClosed(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
@@ -400,8 +423,13 @@ class Session:
     def close(self) -> None:
         """Disconnect cleanly (no last will) and stop paho's thread."""
         self._closing = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        client = self._client
+        client.disconnect()
+        client.loop_stop()
+        # Without the cycle through these callbacks paho's __del__ closes its socket pair
+        # as soon as the session is dropped.
+        client.on_connect = client.on_disconnect = client.on_subscribe = None
+        client.on_publish = client.on_message = None
 
     def _connected(
         self,
@@ -424,10 +452,13 @@ class Session:
             self.endpoint,
             flags.session_present,
         )
-        # Always re-subscribe: a broker without persistence forgets the subscriptions.
-        _, mid = client.subscribe([(t, QOS) for t in self._subscriptions])
-        self._subscribe_mid = -1 if mid is None else mid
         announce = self._back_online if self._ready.is_set() else self._online
+        if self._subscriptions:
+            # Always re-subscribe: a broker without persistence forgets the subscriptions.
+            _, mid = client.subscribe([(t, QOS) for t in self._subscriptions])
+            self._subscribe_mid = -1 if mid is None else mid
+        else:
+            self._up()
         if announce is not None:
             self.publish(announce.topic, announce.payload)
 
@@ -453,15 +484,18 @@ class Session:
                 )
             )
             return
+        self._up()
+
+    def _up(self) -> None:
         self._ready.set()
         if self._on_up is not None:
-            _guard(self._on_up)
+            self._on_up()
 
     def _fail(self, failure: TransportClosed) -> None:
         self._failure = failure
         if self._ready.is_set():
             if self._on_down is not None:
-                _guard(self._on_down, failure.reason, failure.code)
+                self._on_down(failure.reason, failure.code)
         else:
             self._ready.set()
 
@@ -482,10 +516,8 @@ class Session:
             reason,
         )
         if self._on_down is not None:
-            _guard(
-                self._on_down,
-                f"connection to the MQTT broker lost: {reason}",
-                pb.ERROR_CODE_UNSPECIFIED,
+            self._on_down(
+                f"connection to the MQTT broker lost: {reason}", pb.ERROR_CODE_UNSPECIFIED
             )
 
     def _published(
@@ -500,23 +532,26 @@ class Session:
             topic = self._unacked.pop(mid, None)
             if topic is None:
                 self._acked_early[mid] = reason
-            self._lock.notify_all()
-        if topic is not None:
+                return
+            # Before waking drain(): open() reads the failure right after.
             self._check_ack(topic, reason)
+            self._lock.notify_all()
 
     def _check_ack(self, topic: str, reason: ReasonCode) -> None:
-        if reason.is_failure:
-            log.error(
-                "MQTT broker at %s refused a message of %s (user %s) to %s: %s",
-                self.endpoint,
-                self.client_id,
-                self._auth.username,
-                topic,
-                reason,
-            )
+        if not reason.is_failure:
+            return
+        who = self._auth.username or "anonymous"
+        code = pb.ERROR_CODE_PERMISSION_DENIED if reason.value == 0x87 else pb.ERROR_CODE_INTERNAL
+        failure = TransportClosed(
+            f"MQTT broker at {self.endpoint} refused a message of {self.client_id} (user {who}) "
+            f"to {topic}: {reason}",
+            code,
+        )
+        log.error("%s", failure.reason)
+        self._fail(failure)
 
     def _received(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        _guard(self._on_message, msg.topic, msg.payload)
+        self._on_message(msg.topic, bytes(msg.payload))  # already bytes: no copy
 
 
 def _session_properties(expiry_s: int) -> Properties:
@@ -525,8 +560,19 @@ def _session_properties(expiry_s: int) -> Properties:
     return props
 
 
-def _guard(fn: Callable[..., None], *args: object) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("MQTT callback %s failed", getattr(fn, "__qualname__", fn))
+def _no_delay(_client: paho.Client, _userdata: object, sock: paho.SocketLike) -> None:
+    # Without it Nagle's algorithm holds small frames back for a delayed ACK (~40 ms).
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _guarded(fn: Callable[_P, None]) -> Callable[_P, None]:
+    """`fn` for paho: an exception is logged, not raised into paho's network thread."""
+
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            log.exception("MQTT callback %s failed", fn.__qualname__)
+
+    return run

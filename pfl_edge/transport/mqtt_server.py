@@ -2,7 +2,7 @@
 on their `from` topics, whose agent id (guaranteed by the broker's ACL) is the peer;
 replies, and errors for refused messages, go to each agent's inbox.
 
-As on gRPC, one agent's envelopes reach the Inbound one at a time, in order: the next
+As on gRPC, one agent's messages reach the Inbound one at a time, in order: the next
 is handed over when the previous future is done (never waited for on paho's thread).
 After a refusal the agent's further frames are dropped until it registers again, as a
 refused gRPC stream reads nothing more.
@@ -26,11 +26,10 @@ from typing import cast
 
 from google.protobuf.message import DecodeError
 
-from pfl_edge import errors
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import Inbound, ServerTransport, TransportClosed, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
@@ -45,9 +44,9 @@ class _Peer:
     agent_id: str
     reassembler: Reassembler
     lock: threading.Lock = field(default_factory=threading.Lock)
-    pending: deque[pb.Envelope] = field(default_factory=deque)
+    pending: deque[Message] = field(default_factory=deque)
     busy: bool = False
-    """An envelope of this agent is with the Inbound."""
+    """A message of this agent is with the Inbound."""
     pumping: bool = False
     """A thread is in `_pump` for this agent."""
     refused: bool = False
@@ -97,10 +96,6 @@ class MqttServerTransport(ServerTransport):
     def address(self) -> str:
         return f"mqtt://{self._host}:{self._port}"
 
-    @property
-    def run_id(self) -> str:
-        return self._run_id
-
     def start(self, inbound: Inbound) -> None:
         """Connect to the broker and subscribe; raises RuntimeError when that fails."""
         self._inbound = inbound
@@ -122,18 +117,20 @@ class MqttServerTransport(ServerTransport):
             raise RuntimeError(f"MQTT server transport could not start: {exc.reason}") from None
         log.info("MQTT transport of run %s on broker %s", self._run_id, self.address)
 
-    def send(self, agent_id: str, env: pb.Envelope) -> bool:
+    def send(self, agent_id: str, msg: Message) -> bool:
         """Publish to the agent's inbox; True even while it is away (the broker queues)."""
         session = self._session
         if session is None:
             return False
         topic = self._topics.inbox(agent_id)
-        raws = [f.SerializeToString() for f in self._framer.frames(env)]
-        for raw in raws:
-            session.publish(topic, raw)
-        record_sent(
-            self._meter, "down", env, sum(mc.wire_bytes(topic, len(r)) for r in raws), len(raws)
-        )
+        raws = list(self._framer.frames(msg))
+        try:
+            session.publish(topic, *raws)
+        except TransportClosed as exc:
+            log.error("cannot send %s to agent %s: %s", msg.kind, agent_id, exc.reason)
+            return False
+        wire = sum(mc.wire_bytes(topic, len(r)) for r in raws)
+        record_sent(self._meter, "down", msg.envelope, wire, len(raws))
         return True
 
     def stop(self, grace_s: float = 1.0) -> None:
@@ -172,31 +169,19 @@ class MqttServerTransport(ServerTransport):
             self._on_frame(self._peer(agent_id), topic, payload)
 
     def _on_frame(self, peer: _Peer, topic: str, payload: bytes) -> None:
-        frame = pb.Frame()
-        try:
-            frame.ParseFromString(payload)
-        except DecodeError:
-            self._refuse(
-                peer,
-                errors.invalid(
-                    f"malformed frame: {len(payload)} bytes on {topic} that are not a "
-                    "pfl_edge.v1.Frame"
-                ),
-            )
-            return
         try:
             with peer.lock:
                 if peer.refused:
-                    if not frame.envelope.HasField("register"):
+                    if not _is_register(payload):
                         log.debug("dropped a frame of refused agent %s", peer.agent_id)
                         return
                     peer.refused = False
-                received = peer.reassembler.feed(frame, mc.wire_bytes(topic, len(payload)))
+                received = peer.reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
                 if received is None:
                     return
                 if received.envelope.HasField("register"):
                     peer.reassembler.reset()  # a new connection: earlier transfers are dead
-                peer.pending.append(received.envelope)
+                peer.pending.append(received.message)
         except Rejection as r:
             self._refuse(peer, r)
             return
@@ -204,7 +189,7 @@ class MqttServerTransport(ServerTransport):
         self._pump(peer)
 
     def _pump(self, peer: _Peer) -> None:
-        """Hand the agent's pending envelopes to the Inbound, one future at a time."""
+        """Hand the agent's pending messages to the Inbound, one future at a time."""
         with peer.lock:
             if peer.pumping:
                 return
@@ -215,18 +200,18 @@ class MqttServerTransport(ServerTransport):
                 if peer.busy or not peer.pending:
                     peer.pumping = False
                     return
-                env = peer.pending.popleft()
+                msg = peer.pending.popleft()
                 peer.busy = True
             try:
-                future = self._inbound.on_envelope(peer.agent_id, env)
+                future = self._inbound.on_message(peer.agent_id, msg)
             except Exception as exc:
                 future = Future()
                 future.set_exception(exc)
             # A future already done runs the callback here; its _pump call returns at once
-            # (pumping is set) and this loop takes the next envelope.
+            # (pumping is set) and this loop takes the next message.
             future.add_done_callback(functools.partial(self._answered, peer))
 
-    def _answered(self, peer: _Peer, future: Future[list[pb.Envelope]]) -> None:
+    def _answered(self, peer: _Peer, future: Future[list[Message]]) -> None:
         try:
             replies = future.result()
         except Rejection as r:
@@ -235,8 +220,8 @@ class MqttServerTransport(ServerTransport):
             log.exception("coordinator failed on a message of agent %s", peer.agent_id)
             self._refuse(peer, Rejection(pb.ERROR_CODE_INTERNAL, f"coordinator failed: {exc}"))
         else:
-            for env in replies:
-                self.send(peer.agent_id, env)
+            for msg in replies:
+                self.send(peer.agent_id, msg)
         with peer.lock:
             peer.busy = False
         self._pump(peer)
@@ -247,14 +232,12 @@ class MqttServerTransport(ServerTransport):
             peer.pending.clear()
             peer.reassembler.reset()
             peer.refused = True
-        self.send(
-            peer.agent_id,
-            pb.Envelope(
-                agent_id=peer.agent_id,
-                run_id=self._run_id,
-                error=pb.Error(code=cast("pb.ErrorCode", r.code), message=r.reason),
-            ),
-        )
+        self._error(peer.agent_id, r.code, r.reason)
+
+    def _error(self, agent_id: str, code: int, message: str) -> None:
+        error = pb.Error(code=cast("pb.ErrorCode", code), message=message)
+        env = pb.Envelope(agent_id=agent_id, run_id=self._run_id, error=error)
+        self.send(agent_id, Message(env))
 
     def _on_status(self, peer: _Peer, payload: bytes) -> None:
         env = pb.Envelope()
@@ -278,16 +261,10 @@ class MqttServerTransport(ServerTransport):
                 timer.cancel()
             log.info("agent %s %s", peer.agent_id, state)
             if reported and state == mc.RECONNECTED:
-                self.send(
+                self._error(
                     peer.agent_id,
-                    pb.Envelope(
-                        agent_id=peer.agent_id,
-                        run_id=self._run_id,
-                        error=pb.Error(
-                            message=f"this agent was reported disconnected ({reported}): "
-                            "register again"
-                        ),
-                    ),
+                    pb.ERROR_CODE_UNSPECIFIED,
+                    f"this agent was reported disconnected ({reported}): register again",
                 )
         else:
             log.warning("ignored a status of agent %s: unknown state %r", peer.agent_id, state)
@@ -316,3 +293,12 @@ class MqttServerTransport(ServerTransport):
             peer.offline, peer.reported = None, reason
         assert self._inbound is not None
         self._inbound.on_disconnect(peer.agent_id, reason)
+
+
+def _is_register(raw: bytes) -> bool:
+    frame = pb.Frame()
+    try:
+        frame.ParseFromString(raw)
+    except DecodeError:
+        return False
+    return frame.envelope.HasField("register")
