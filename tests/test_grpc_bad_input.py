@@ -201,3 +201,13 @@ def test_wrong_model_shape_refused_at_registration(coord: Coordinator) -> None:
     assert err.code == pb.ERROR_CODE_FAILED_PRECONDITION
     assert "does not fit this run's data [1, 8, 8]" in err.reason
     assert "odd" not in coord.engine.agents
+
+
+def test_redelivered_message_is_ignored_not_refused(coord: Coordinator) -> None:
+    a, task_a, b, task_b = start_round(coord)
+    a.answer(task_a, {"soft": soft_predictions(PER_ROUND)})
+    a.seq -= 1  # the same message number again, as an at-least-once transport may deliver
+    a.answer(task_a, {"soft": soft_predictions(PER_ROUND)})
+    b.answer(task_b, {"soft": soft_predictions(PER_ROUND)})
+    assert a.expect("task").task.action == "distill"
+    assert b.expect("task").task.action == "distill"

@@ -40,7 +40,7 @@ def parse(url: str) -> Endpoint:
     if not parts.hostname:
         raise ValueError(f"no host in {url!r}; write e.g. grpc://127.0.0.1:50051")
     default = GRPC_DEFAULT_PORT if parts.scheme == "grpc" else MQTT_DEFAULT_PORT
-    return Endpoint(parts.scheme, parts.hostname, parts.port or default)
+    return Endpoint(parts.scheme, parts.hostname, default if parts.port is None else parts.port)
 
 
 def client_for(
