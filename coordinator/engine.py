@@ -91,6 +91,8 @@ class Engine:
         self.done = threading.Event()
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._seq = 0
+        self._last_seq: dict[str, int] = {}
+        """Highest message number seen per agent since it registered."""
         self._waiting_logged = 0.0
         self._resume()
 
@@ -160,8 +162,14 @@ class Engine:
         env = msg.envelope
         kind = kind_of(env)
         if kind == "register":
+            self._last_seq[env.agent_id] = 0
             return self._register(transport, peer, env)
         rec = self._authenticate(peer, env)
+        if env.seq and env.seq <= self._last_seq.get(env.agent_id, 0):
+            # An at-least-once transport (MQTT QoS 1) delivered this message again.
+            log.debug("ignoring repeated message %d from %s", env.seq, env.agent_id)
+            return []
+        self._last_seq[env.agent_id] = env.seq
         if kind == "public_data_request":
             if env.public_data_request.sha256 not in ("", self.public.info.sha256):
                 raise errors.invalid(

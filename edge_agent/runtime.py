@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -239,7 +240,10 @@ class Agent:
         if key in self.sent:
             log.info("round %d phase %d asked again; resending the answer", *key)
             assert self.transport is not None
-            self.transport.send(self.sent[key])
+            again = self.sent[key]
+            self._seq += 1
+            again.envelope.seq = self._seq  # a new message: the coordinator drops repeats
+            self.transport.send(again)
             return
         assert self.learner is not None and self.public is not None
         if task.action == FINISH:
@@ -305,14 +309,14 @@ class Agent:
         rnd: int,
         remember: tuple[int, int] | None = None,
         blobs: codec.Blobs | None = None,
-        **body: object,
+        **body: Any,
     ) -> None:
         """Send one message; `remember` keeps it to answer a repeated task after a reconnect."""
         assert self.transport is not None
         self._seq += 1
         env = pb.Envelope(
             agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=rnd, seq=self._seq, **body
-        )  # type: ignore[arg-type]
+        )
         msg = Message(env, blobs or [])
         if remember is not None:
             self.sent[remember] = msg

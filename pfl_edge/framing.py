@@ -88,8 +88,8 @@ class Framer:
 
     def frames(self, msg: Message) -> Iterator[bytes]:
         env, blobs = msg.envelope, list(msg.blobs)
-        if not blobs and env.ByteSize() > self.chunk_bytes:
-            env, blobs = externalize(env, self.chunk_bytes // 4)
+        if env.ByteSize() > self.chunk_bytes:
+            env, blobs = externalize(env, blobs)
         if not blobs:
             yield pb.Frame(envelope=env).SerializeToString()
             return
@@ -133,13 +133,14 @@ def _hash_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunk-hash")
 
 
-def externalize(env: pb.Envelope, min_bytes: int) -> tuple[pb.Envelope, list[Buffer]]:
-    """A copy of `env` whose tensors of at least `min_bytes` name blobs instead."""
+def externalize(env: pb.Envelope, blobs: list[Buffer]) -> tuple[pb.Envelope, list[Buffer]]:
+    """A copy of `env` whose inline tensor data all move to blobs after `blobs`, so that
+    the envelope left is small whatever its tensors (many mid-size ones included)."""
     out = pb.Envelope()
     out.CopyFrom(env)
-    blobs: list[Buffer] = []
+    blobs = list(blobs)
     for t in tensors_of(out):
-        if not t.blob and len(t.data) >= min_bytes:
+        if not t.blob and t.data:
             blobs.append(t.data)
             t.data = b""
             t.blob = len(blobs)
@@ -351,6 +352,6 @@ def blob_views(blobs: Sequence[Buffer]) -> list[memoryview]:
     return [
         memoryview(b).cast("B")
         if not isinstance(b, np.ndarray)
-        else memoryview(np.ascontiguousarray(b)).cast("B")
+        else memoryview(np.ascontiguousarray(b).data).cast("B")
         for b in blobs
     ]

@@ -10,7 +10,7 @@ import pytest
 
 from pfl_edge import codec
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler, Received
 from pfl_edge.v1 import messages_pb2 as pb
 
 CHUNK = 64 * 1024
@@ -33,7 +33,7 @@ def frames_of(msg: Message) -> list[bytes]:
     return list(Framer(chunk_bytes=CHUNK).frames(msg))
 
 
-def feed_all(frames: list[bytes], r: Reassembler | None = None) -> list[object]:
+def feed_all(frames: list[bytes], r: Reassembler | None = None) -> list[Received | None]:
     r = r or Reassembler()
     return [r.feed(f, len(f)) for f in frames]
 
@@ -129,3 +129,24 @@ def test_too_many_open_transfers_refused() -> None:
 def test_malformed_or_empty_frame_refused(raw: bytes) -> None:
     with pytest.raises(Rejection, match=r"malformed frame|no envelope, head or chunk"):
         Reassembler().feed(raw, 0)
+
+
+def test_many_mid_size_tensors_never_make_an_oversized_frame() -> None:
+    arrays = {f"t{i}": np.full(50_000, i, np.float32) for i in range(8)}
+    env = pb.Envelope(agent_id="a", result=pb.Result(tensors=codec.encode_many(arrays)))
+    frames = frames_of(Message(env))
+    assert max(map(len, frames)) <= CHUNK + 100
+    last = feed_all(frames)[-1]
+    assert isinstance(last, Received)
+    out = codec.decode_many(last.envelope.result.tensors, last.message.blobs)
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(out[name], a)
+
+
+def test_chunk_frames_read_in_place_match_protobuf() -> None:
+    frames = frames_of(big_message()[0])
+    r = Reassembler()
+    r.feed(frames[0], 1)
+    parsed = pb.Frame.FromString(frames[1]).chunk
+    assert parsed.blob == 1 and parsed.index == 0 and len(parsed.sha256) == 32
+    assert r.feed(frames[1], 1) is None  # accepted by the in-place reader
