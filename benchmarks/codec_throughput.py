@@ -32,6 +32,7 @@ from pfl_edge.framing import Message
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.v1 import tensor_pb2 as tpb
 
 RESULTS = Path(__file__).parent / "results" / "codec.json"
 MB = 1_000_000
@@ -59,8 +60,15 @@ def codec_rows(sizes_mb: list[int], repeats: int) -> list[dict[str, Any]]:
         for wire in codec.WIRE_FORMATS:
             blobs: codec.Blobs = []
             encoded = codec.encode("x", array, wire, blobs)
-            enc_s = timed(lambda a=array, w=wire: codec.encode("x", a, w, []), repeats)
-            dec_s = timed(lambda t=encoded, b=blobs: to_float32(codec.decode(t, b)), repeats)
+
+            def encode_once(a: np.ndarray = array, w: codec.WireFormat = wire) -> tpb.Tensor:
+                return codec.encode("x", a, w, [])
+
+            def decode_once(t: tpb.Tensor = encoded, b: codec.Blobs = blobs) -> np.ndarray:
+                return to_float32(codec.decode(t, b))
+
+            enc_s = timed(encode_once, repeats)
+            dec_s = timed(decode_once, repeats)
             row = {
                 "size_mb": size,
                 "encoding": wire,
@@ -165,7 +173,9 @@ def plain_stream_s(size_mb: int, repeats: int) -> float:
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2 * CHUNK_BYTES)]
     )
-    send = channel.stream_unary("/bench.Plain/Send")
+    send = channel.stream_unary(
+        "/bench.Plain/Send", request_serializer=None, response_deserializer=None
+    )
     payload = np.random.default_rng(0).bytes(size_mb * MB)
 
     def once() -> None:

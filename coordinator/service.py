@@ -18,11 +18,12 @@ from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import ServerTransport
 from pfl_edge.transport.factory import server_for
+from pfl_edge.values import Scalar
 
 log = logging.getLogger("pfl_edge.coordinator")
 
 
-def resolve_params(cfg: RunConfig) -> dict[str, run_params.Scalar]:
+def resolve_params(cfg: RunConfig) -> dict[str, Scalar]:
     strategy = strategies.get(cfg.run.algorithm)
     try:
         return run_params.resolve({**run_params.COMMON, **strategy.params}, cfg.algorithm)

@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,9 +164,11 @@ class Store:
 
 def _atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    # Typed loosely: mypy would match the arrays against savez's allow_pickle keyword.
+    savez: Callable[..., None] = np.savez
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **dict(arrays))
+            savez(f, **dict(arrays))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from pfl_edge import logs
 from pfl_edge.data.fetch import fetch, load
@@ -104,7 +106,8 @@ def _partition_arguments(
 def write_partitions(args: argparse.Namespace, out: Path) -> list[Path]:
     """Partition the private data set's train split into one .npz per agent."""
     data = load(args.dataset)
-    x, y = data["x_train"], data["y_train"]
+    x = cast(npt.NDArray[np.uint8], data["x_train"])
+    y = cast(npt.NDArray[np.int64], data["y_train"])
     rng = np.random.default_rng(args.seed)
     if args.noniid == "dirichlet":
         splits = partition_dirichlet(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +87,9 @@ def encode(
 def _raw(name: str, arr: np.ndarray, dtype: np.dtype[np.generic]) -> tuple[tpb.Tensor, np.ndarray]:
     code = dtype_code(dtype)
     data = np.ascontiguousarray(arr, dtype=_DTYPES[code])
-    t = tpb.Tensor(name=name, dtype=code, shape=list(arr.shape), encoding=tpb.ENCODING_RAW)
+    t = tpb.Tensor(
+        name=name, dtype=cast(tpb.DType, code), shape=list(arr.shape), encoding=tpb.ENCODING_RAW
+    )
     return t, data
 
 
@@ -175,9 +177,9 @@ def _data(t: tpb.Tensor, blobs: Sequence[bytes | bytearray | memoryview | np.nda
             f"{len(t.data)} inline bytes"
         )
     blob = blobs[t.blob - 1]
-    return memoryview(np.ascontiguousarray(blob) if isinstance(blob, np.ndarray) else blob).cast(
-        "B"
-    )
+    return memoryview(
+        np.ascontiguousarray(blob).data if isinstance(blob, np.ndarray) else blob
+    ).cast("B")
 
 
 def _decode_affine(t: tpb.Tensor, data: Any, shape: tuple[int, ...], count: int) -> np.ndarray:

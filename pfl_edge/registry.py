@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T", bound=type)
 
@@ -17,7 +17,7 @@ def discover(package: str, base: T) -> dict[str, T]:
     for mod in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{package}.{mod.name}")
     found: dict[str, T] = {}
-    stack = list(base.__subclasses__())
+    stack: list[type[Any]] = list(base.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
@@ -26,7 +26,7 @@ def discover(package: str, base: T) -> dict[str, T]:
             continue
         if name in found and found[name] is not cls:
             raise RuntimeError(f"two {base.__name__}s named {name!r}: {found[name]} and {cls}")
-        found[name] = cls
+        found[name] = cast(T, cls)
     return found
 
 

@@ -158,7 +158,7 @@ class ScriptedAgent:
 def soft_predictions(count: int, seed: int = 0) -> np.ndarray:
     z = np.random.default_rng(seed).normal(size=(count, NUM_CLASSES))
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return np.asarray((e / e.sum(axis=1, keepdims=True)).astype(np.float32))
 
 
 def public_indices(task_env: pb.Envelope, num_samples: int) -> np.ndarray:

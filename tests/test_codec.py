@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def test_int8_uses_one_scale_per_row_for_long_rows_and_one_per_tensor_for_short(
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.int32, np.int8])
 def test_integer_arrays_travel_unchanged(dtype: type) -> None:
-    a = np.arange(24, dtype=dtype).reshape(2, 3, 4)
+    a: np.ndarray = np.arange(24, dtype=dtype).reshape(2, 3, 4)
     out = codec.decode(codec.encode("i", a, "int8"))
     assert out.dtype == a.dtype
     np.testing.assert_array_equal(out, a)
@@ -92,10 +94,18 @@ def test_non_finite_values_refused_when_asked() -> None:
 
 def test_unknown_dtype_and_encoding_refused() -> None:
     with pytest.raises(Rejection, match="unknown dtype"):
-        codec.decode(tpb.Tensor(name="x", dtype=99, shape=[1], encoding=tpb.ENCODING_RAW))
+        codec.decode(
+            tpb.Tensor(name="x", dtype=cast(tpb.DType, 99), shape=[1], encoding=tpb.ENCODING_RAW)
+        )
     with pytest.raises(Rejection, match="unknown encoding"):
         codec.decode(
-            tpb.Tensor(name="x", dtype=tpb.DTYPE_FLOAT32, shape=[1], encoding=7, data=b"\0" * 4)
+            tpb.Tensor(
+                name="x",
+                dtype=tpb.DTYPE_FLOAT32,
+                shape=[1],
+                encoding=cast(tpb.Encoding, 7),
+                data=b"\0" * 4,
+            )
         )
     with pytest.raises(ValueError, match="cannot travel"):
         codec.encode("x", np.zeros(2, np.complex64))

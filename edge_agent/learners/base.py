@@ -13,11 +13,12 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import torch
 
+from edge_agent import training
 from pfl_edge.data.partition import ClientData
 from pfl_edge.values import Scalar
 
@@ -89,5 +90,25 @@ class Learner(abc.ABC):
     def p(self, key: str) -> Scalar:
         return self.ctx.params[key]
 
+    def train_local(self) -> float:
+        """The run's local epochs on private data (cross-entropy); mean loss of the last."""
+        data = self.ctx.data
+        with self.busy("train"):
+            return training.train_epochs(
+                self.ctx.model,
+                data.x_train,
+                data.y_train,
+                epochs=int(self.p("local_epochs")),
+                batch_size=int(self.p("batch_size")),
+                lr=float(self.p("lr")),
+                rng=self.ctx.rng,
+                optimizer=str(self.p("optimizer")),
+            )
+
+    def test_accuracy(self) -> float:
+        """Accuracy on the agent's own held-out split."""
+        with self.busy("evaluate"):
+            return training.evaluate(self.ctx.model, self.ctx.data.x_test, self.ctx.data.y_test)
+
     def public_batch(self, task: TaskView) -> np.ndarray:
-        return self.ctx.public[task.public_indices]
+        return cast(np.ndarray, self.ctx.public[task.public_indices])

@@ -25,23 +25,11 @@ class DistillationLearner(Learner):
         raise ValueError(f"{self.name} learner cannot do {task.action!r}")
 
     def train_predict(self, task: TaskView) -> LearnerReply:
-        model, data = self.ctx.model, self.ctx.data
-        with self.busy("train"):
-            loss = training.train_epochs(
-                model,
-                data.x_train,
-                data.y_train,
-                epochs=int(self.p("local_epochs")),
-                batch_size=int(self.p("batch_size")),
-                lr=float(self.p("lr")),
-                rng=self.ctx.rng,
-                optimizer=str(self.p("optimizer")),
-            )
-        with self.busy("evaluate"):
-            acc = training.evaluate(model, data.x_test, data.y_test)
+        loss = self.train_local()
+        acc = self.test_accuracy()
         with self.busy("predict"):
             soft = training.soft_predictions(
-                model, self.public_batch(task), temperature=float(self.p("temperature"))
+                self.ctx.model, self.public_batch(task), temperature=float(self.p("temperature"))
             )
         return LearnerReply({"soft": soft}, {"train_loss": loss, "test_acc_before_distill": acc})
 
@@ -67,9 +55,7 @@ class DistillationLearner(Learner):
                 t2_scaling=bool(self.p("t2_scaling")),
                 optimizer=str(self.p("optimizer")),
             )
-        with self.busy("evaluate"):
-            acc = training.evaluate(self.ctx.model, self.ctx.data.x_test, self.ctx.data.y_test)
-        return LearnerReply({}, {"distill_loss": loss, "test_acc": acc})
+        return LearnerReply({}, {"distill_loss": loss, "test_acc": self.test_accuracy()})
 
 
 def as_distribution(target: np.ndarray) -> np.ndarray:
@@ -78,4 +64,4 @@ def as_distribution(target: np.ndarray) -> np.ndarray:
     sums = t.sum(axis=1, keepdims=True)
     if (sums <= 0).any():
         raise ValueError("a distillation target row has no positive entry")
-    return t / sums
+    return np.asarray(t / sums)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from edge_agent import training
 from edge_agent.learners.base import Learner, LearnerReply, TaskView
 
 TRAIN = "train"
@@ -14,18 +13,5 @@ class LocalLearner(Learner):
     def handle(self, task: TaskView) -> LearnerReply:
         if task.action != TRAIN:
             raise ValueError(f"local learner cannot do {task.action!r}")
-        model, data = self.ctx.model, self.ctx.data
-        with self.busy("train"):
-            loss = training.train_epochs(
-                model,
-                data.x_train,
-                data.y_train,
-                epochs=int(self.p("local_epochs")),
-                batch_size=int(self.p("batch_size")),
-                lr=float(self.p("lr")),
-                rng=self.ctx.rng,
-                optimizer=str(self.p("optimizer")),
-            )
-        with self.busy("evaluate"):
-            acc = training.evaluate(model, data.x_test, data.y_test)
-        return LearnerReply({}, {"train_loss": loss, "test_acc": acc})
+        loss = self.train_local()
+        return LearnerReply({}, {"train_loss": loss, "test_acc": self.test_accuracy()})

@@ -53,7 +53,9 @@ class GrpcClientTransport(ClientTransport):
                 f"coordinator at {self._target} not reachable within {timeout_s:.0f} s"
             ) from None
         self._channel = channel
-        call = channel.stream_stream(gc.CONNECT_METHOD)(self._requests(self._outbox))
+        call = channel.stream_stream(
+            gc.CONNECT_METHOD, request_serializer=None, response_deserializer=None
+        )(self._requests(self._outbox))
         threading.Thread(
             target=self._read, args=(call, self._inbox), daemon=True, name="grpc-reader"
         ).start()

@@ -18,7 +18,7 @@ CONNECT_METHOD = f"/{SERVICE_NAME}/Connect"
 FRAME_SLACK_BYTES = 64 << 10
 """Room above the chunk size for a frame's own header."""
 
-_TO_GRPC = {
+_TO_GRPC: dict[int, grpc.StatusCode] = {
     pb.ERROR_CODE_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     pb.ERROR_CODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     pb.ERROR_CODE_PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,

@@ -84,7 +84,7 @@ class GrpcServerTransport(ServerTransport):
 
     async def _serve_start(self) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
-        from grpc_health.v1.health import aio as health_aio
+        from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
         server = grpc.aio.server(options=gc.server_options(self._chunk_bytes))
         handler = grpc.method_handlers_generic_handler(
@@ -164,7 +164,7 @@ class GrpcServerTransport(ServerTransport):
         reassembler = Reassembler(self._max_message_bytes)
         while True:
             raw = await context.read()
-            if raw is grpc.aio.EOF:
+            if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             received = reassembler.feed(raw, gc.wire_bytes(raw))
             if received is None:
@@ -176,8 +176,9 @@ class GrpcServerTransport(ServerTransport):
             registering = env.agent_id if peer is None and env.HasField("register") else None
             # Runs in the coordinator's thread as it decides, so the replies are queued
             # before anything it sends this agent afterwards.
-            fut.add_done_callback(functools.partial(self._accepted, queue=queue, bound=bound,
-                                                    registering=registering))
+            fut.add_done_callback(
+                functools.partial(self._accepted, queue=queue, bound=bound, registering=registering)
+            )
             await asyncio.wrap_future(fut)
 
     def _accepted(
