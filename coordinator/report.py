@@ -118,6 +118,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     )
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
+    ax_acc.set_xticks(rounds)
     n = [max(1, r["participants"]) for r in report["rounds"]]
     width = 0.4
     ax_bytes.bar(
@@ -140,6 +141,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         title=f"bytes on the wire ({report['transport']})",
         yscale="log",
     )
+    ax_bytes.set_xticks(rounds)
     ax_bytes.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
