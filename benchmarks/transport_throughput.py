@@ -35,16 +35,14 @@ import grpc
 import numpy as np
 import paho.mqtt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.mosquitto
-
 from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.broker import Broker
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import ClientTransport, ServerTransport
 from pfl_edge.transport.factory import client_for, server_for
 from pfl_edge.transport.grpc_server import GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
-from tests.mosquitto import Broker
 
 RESULTS = Path(__file__).parent / "results" / "transport.json"
 MB = 1_000_000

@@ -43,10 +43,28 @@ class PublicSection:
     num_classes: int = 10
 
 
+MQTT_LOGIN_KEYS = (
+    "mqtt_username",
+    "mqtt_password_file",
+    "mqtt_tls_ca",
+    "mqtt_tls_cert",
+    "mqtt_tls_key",
+)
+"""[server] keys of the coordinator's broker login (pfl_edge.transport.mqtt_common.login)."""
+
+
 @dataclass(frozen=True)
 class ServerSection:
     grpc: str = "127.0.0.1:50051"
     mqtt: str = ""
+    mqtt_username: str = ""
+    """Broker login; "" with a password file means "coordinator"."""
+    mqtt_password_file: str = ""
+    mqtt_tls_ca: str = ""
+    """CA file that signed the broker's certificate; "" means no TLS."""
+    mqtt_tls_cert: str = ""
+    mqtt_tls_key: str = ""
+    """Client certificate and key, for a broker that requires them (mutual TLS)."""
     chunk_bytes: int = CHUNK_BYTES
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
@@ -82,6 +100,15 @@ class RunConfig:
         )
         _check(p.num_classes >= 2, "public.num_classes", p.num_classes, "at least 2")
         _check(bool(s.grpc or s.mqtt), "server", "no listener", "set server.grpc or server.mqtt")
+        _check(
+            not s.mqtt or s.mqtt.startswith("mqtt://"),
+            "server.mqtt",
+            s.mqtt,
+            'an mqtt://HOST:PORT URL or ""',
+        )
+        for key in MQTT_LOGIN_KEYS:
+            value = getattr(s, key)
+            _check(not value or bool(s.mqtt), f"server.{key}", value, "used with server.mqtt")
         _check(s.chunk_bytes >= 1024, "server.chunk_bytes", s.chunk_bytes, "at least 1024")
         _check(
             s.max_message_bytes >= s.chunk_bytes,

@@ -414,7 +414,9 @@ class Engine:
         late = phase.missing
         if late:
             log.warning("round %d phase %d closed without %s", phase.round, phase.index, late)
-        nxt = self.strategy.end_phase(phase.round, phase.index, phase.replies)
+        # In agent order, not arrival order: the same seed gives the same sums on any transport.
+        replies = dict(sorted(phase.replies.items()))
+        nxt = self.strategy.end_phase(phase.round, phase.index, replies)
         if nxt:
             self._open_phase(phase.round, phase.index + 1, nxt)
         else:

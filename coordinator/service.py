@@ -11,13 +11,14 @@ from pathlib import Path
 from types import FrameType
 
 from coordinator import public, report, strategies
-from coordinator.config import ConfigError, RunConfig
+from coordinator.config import ConfigError, RunConfig, ServerSection
 from coordinator.engine import Engine
 from coordinator.store import Store
 from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import ServerTransport
 from pfl_edge.transport.factory import server_for
+from pfl_edge.transport.mqtt_common import Auth, login
 from pfl_edge.values import Scalar
 
 log = logging.getLogger("pfl_edge.coordinator")
@@ -29,6 +30,20 @@ def resolve_params(cfg: RunConfig) -> dict[str, Scalar]:
         return run_params.resolve({**run_params.COMMON, **strategy.params}, cfg.algorithm)
     except ValueError as exc:
         raise ConfigError(f"[algorithm] {exc}") from None
+
+
+def broker_login(server: ServerSection) -> Auth:
+    """The coordinator's MQTT broker login; ConfigError when a named file is unusable."""
+    try:
+        return login(
+            username=server.mqtt_username or None,
+            password_file=server.mqtt_password_file or None,
+            tls_ca=server.mqtt_tls_ca or None,
+            tls_cert=server.mqtt_tls_cert or None,
+            tls_key=server.mqtt_tls_key or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[server] {exc}") from None
 
 
 def check_resume(store: Store, cfg: RunConfig) -> None:
@@ -70,6 +85,7 @@ class RunningCoordinator:
 def start(cfg: RunConfig) -> RunningCoordinator:
     """Open the state, load the public set, start the listeners and the engine thread."""
     params = resolve_params(cfg)
+    mqtt_login = broker_login(cfg.server)
     store = Store(Path(cfg.run.state_dir))
     check_resume(store, cfg)
     pub = public.build(cfg.public.dataset, cfg.public.samples)
@@ -83,7 +99,10 @@ def start(cfg: RunConfig) -> RunningCoordinator:
     meter = ByteMeter()
     engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter)
     transports: list[ServerTransport] = []
-    for url in (cfg.server.grpc and f"grpc://{cfg.server.grpc}", cfg.server.mqtt):
+    for url, auth in (
+        (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Auth()),
+        (cfg.server.mqtt, mqtt_login),
+    ):
         if not url:
             continue
         t = server_for(
@@ -92,6 +111,9 @@ def start(cfg: RunConfig) -> RunningCoordinator:
             run_id=cfg.run.id,
             chunk_bytes=cfg.server.chunk_bytes,
             max_message_bytes=cfg.server.max_message_bytes,
+            username=auth.username,
+            password=auth.password,
+            tls=auth.tls,
         )
         t.start(engine.attach(t))
         transports.append(t)

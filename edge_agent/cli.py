@@ -7,8 +7,12 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pfl_edge import logs
+
+if TYPE_CHECKING:
+    from pfl_edge.transport.mqtt_common import Auth
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--agent-id", default=socket.gethostname(), help="default: the host name")
     run.add_argument("--run-id", default="default", help="run name (MQTT topics)")
+    mqtt = run.add_argument_group("MQTT broker login (deploy/mosquitto/README.md)")
+    mqtt.add_argument("--mqtt-username", help="default with a password: the agent id")
+    mqtt.add_argument("--mqtt-password-file", help="file whose first line is the password")
+    mqtt.add_argument("--tls-ca", help="CA file that signed the broker's certificate (TLS on)")
+    mqtt.add_argument("--tls-cert", help="client certificate (mutual TLS; with --tls-key)")
+    mqtt.add_argument("--tls-key", help="key of --tls-cert")
     run.add_argument("--out", type=Path, default=Path("."), help="where model.onnx goes")
     run.add_argument("--cache-dir", type=Path, help="public-set cache (default ~/.cache/pfl-edge)")
     run.add_argument("--num-classes", type=int, default=10)
@@ -67,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.agent_id)
+    try:
+        mqtt_login = _mqtt_login(args)
+    except ValueError as exc:
+        print(f"pfl-agent: {exc}", file=sys.stderr)
+        return 2
     from edge_agent.runtime import Agent, AgentOptions, AgentStopped
     from pfl_edge.transport.base import TransportClosed
 
@@ -77,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data,
         out_dir=args.out,
         run_id=args.run_id,
+        mqtt_login=mqtt_login,
         cache_dir=args.cache_dir,
         num_classes=args.num_classes,
         seed=args.seed,
@@ -94,6 +110,28 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.out / 'model.onnx'} (onnx max abs diff {final['onnx_max_abs_diff']:.2e})"
         )
     return 0
+
+
+_LOGIN_OPTIONS = ("mqtt_username", "mqtt_password_file", "tls_ca", "tls_cert", "tls_key")
+
+
+def _mqtt_login(args: argparse.Namespace) -> Auth | None:
+    """The broker login of --mqtt-*/--tls-*, None without any; ValueError says what is wrong."""
+    from pfl_edge.transport.factory import parse
+    from pfl_edge.transport.mqtt_common import login
+
+    given = [f"--{k.replace('_', '-')}" for k in _LOGIN_OPTIONS if getattr(args, k) is not None]
+    if not given:
+        return None
+    if parse(args.coordinator).scheme != "mqtt":
+        raise ValueError(f"{', '.join(given)}: only for an mqtt:// --coordinator")
+    return login(
+        username=args.mqtt_username,
+        password_file=args.mqtt_password_file,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pfl_edge.framing import Message, kind_of
 from pfl_edge.retry import retry
 from pfl_edge.transport.base import ClientTransport, TransportClosed
 from pfl_edge.transport.factory import client_for
+from pfl_edge.transport.mqtt_common import Auth
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.values import from_values
 
@@ -59,6 +60,8 @@ class AgentOptions:
     out_dir: Path
     run_id: str = "default"
     """Names the run on a shared broker (MQTT topics); gRPC ignores it."""
+    mqtt_login: Auth | None = None
+    """Broker username, password and TLS files (MQTT only)."""
     cache_dir: Path | None = None
     num_classes: int = 10
     seed: int = 0
@@ -116,8 +119,15 @@ class Agent:
 
     def _session(self) -> None:
         """One connection, until the run is over. Raises TransportClosed."""
+        login = self.opts.mqtt_login or Auth()
         t = client_for(
-            self.opts.coordinator, self.meter, agent_id=self.opts.agent_id, run_id=self.opts.run_id
+            self.opts.coordinator,
+            self.meter,
+            agent_id=self.opts.agent_id,
+            run_id=self.opts.run_id,
+            username=login.username,
+            password=login.password,
+            tls=login.tls,
         )
         self.transport = t
         try:

@@ -216,3 +216,64 @@ def distill(
         rng=rng,
         optimizer=optimizer,
     )
+
+
+def train_mutual(
+    model: nn.Module,
+    x: npt.NDArray[np.generic],
+    y: npt.NDArray[np.integer],
+    public: npt.NDArray[np.generic],
+    peers: npt.NDArray[np.floating],
+    *,
+    weight: float,
+    temperature: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    optimizer: str = "adam",
+) -> float:
+    """Cross-entropy on (x, y) plus ``weight`` times the mean over peers of
+    KL(peer || softmax(logits / temperature)) on ``public`` (mutual learning).
+
+    ``peers`` is (P, len(public), classes), rows distributions, held constant. Each step
+    pairs a private mini-batch with ``batch_size`` public samples drawn by ``rng``. Returns
+    the mean total loss over the last epoch's private samples (nan if no batch was trained);
+    leaves the model in train mode.
+    """
+    if y.shape != (len(x),):
+        raise ValueError(f"{len(x)} images but labels of shape {y.shape}")
+    if peers.ndim != 3 or peers.shape[1] != len(public):
+        raise ValueError(f"peers must be (P, {len(public)}, classes), got shape {peers.shape}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if len(x) == 0 or len(public) == 0:
+        raise ValueError("no training samples")
+    device = _device(model)
+    inputs, labels = _inputs(x), torch.from_numpy(y.astype(np.int64))
+    pub = _inputs(public)
+    p = torch.from_numpy(peers.astype(np.float32)).to(device)
+    p_log_p = torch.xlogy(p, p)
+    opt = _optimizer(optimizer, model, lr)
+    skip_single = _has_batchnorm(model)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        order = torch.from_numpy(rng.permutation(len(inputs)))
+        for idx in torch.split(order, batch_size):
+            if skip_single and len(idx) == 1:
+                continue
+            j = torch.from_numpy(
+                rng.choice(len(pub), size=min(batch_size, len(pub)), replace=False)
+            )
+            opt.zero_grad()
+            ce = F.cross_entropy(model(inputs[idx].to(device)), labels[idx].to(device))
+            log_q = F.log_softmax(model(pub[j].to(device)) / temperature, dim=1)
+            kl = (p_log_p[:, j] - p[:, j] * log_q).sum(dim=2).mean()
+            loss = ce + weight * kl
+            torch.autograd.backward(loss)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+    return total / count if count else float("nan")

@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(
             "demo",
             help="run a coordinator and agents as separate processes on this machine",
-            description="Start a coordinator and N agents (separate OS processes, gRPC on "
-            "loopback through a counting TCP proxy), run the rounds, and write report.json and "
-            "report.png to --out.",
+            description="Start a coordinator and N agents (separate OS processes on loopback, "
+            "gRPC or MQTT, the agents' traffic through a counting TCP proxy), run the rounds, "
+            "and write report.json and report.png to --out.",
         )
     )
     data = sub.add_parser("data", help="fetch data sets, partition them for agents")
@@ -66,6 +66,11 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     p.add_argument("--transport", choices=["grpc", "mqtt"], default="grpc")
+    p.add_argument(
+        "--broker",
+        metavar="mqtt://HOST:PORT",
+        help="MQTT broker for --transport mqtt (default: start a mosquitto for the demo)",
+    )
     p.add_argument(
         "--models",
         default=",".join(DEMO_MODELS),

@@ -1,7 +1,13 @@
 """`pfl-edge demo`: a whole run on one machine, every party its own OS process.
 
-The agents reach the coordinator through a counting TCP proxy, so the report can set
-the socket-level byte count beside the coordinator's own accounting.
+The agents reach the coordinator (gRPC) or the broker (MQTT) through a counting TCP
+proxy, so the report can set the socket-level byte count beside the coordinator's own
+accounting. Over MQTT the proxy carries the agents' side of the broker only: their
+PUBLISH and PUBACK packets, which the accounting counts, plus the connection traffic it
+leaves out (CONNECT, SUBSCRIBE, PINGREQ, status and presence messages), as the gRPC proxy
+sees HTTP/2 setup and pings. The coordinator's own link to the broker carries the same
+frames a second time and is not measured. Without --broker the demo starts a mosquitto
+of its own (pfl_edge.broker).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import shutil
 import subprocess
 import sys
@@ -17,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pfl_edge.netproxy import CountingProxy, free_port
+from pfl_edge.broker import Broker
+from pfl_edge.netproxy import CountingProxy, SocketCounts, free_port
+from pfl_edge.transport.factory import Endpoint, parse
 
 log = logging.getLogger("pfl_edge.demo")
 
@@ -25,13 +34,16 @@ LOG_TAIL_LINES = 15
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.transport != "grpc":
-        raise ValueError("--transport mqtt is not available yet; use --transport grpc")
     from pfl_edge.cli import write_partitions
+
+    if args.broker is not None and args.transport != "mqtt":
+        raise ValueError("--broker needs --transport mqtt")
+    if args.broker is not None and parse(args.broker).scheme != "mqtt":
+        raise ValueError(f"--broker {args.broker}: write mqtt://HOST:PORT")
 
     out: Path = args.out
     state = out / "state"
-    for old in (state, out / "agents"):
+    for old in (state, out / "agents", out / "broker"):
         if old.exists():
             log.info("removing the previous demo's %s", old)
             shutil.rmtree(old)
@@ -43,17 +55,37 @@ def run_demo(args: argparse.Namespace) -> int:
         args.samples_per_agent,
     )
     paths = write_partitions(args, out / "data")
-    port = free_port()
+    run_id = "demo"
+    broker: Broker | None = None
+    if args.transport == "grpc":
+        server = Endpoint("grpc", "127.0.0.1", free_port())
+    elif args.broker is None:
+        broker = Broker(out / "broker")  # started below
+        server = parse(broker.url)
+    else:
+        server = parse(args.broker)
+        # A run id of its own: sessions an earlier demo left on the broker stay apart.
+        run_id = f"demo-{secrets.token_hex(4)}"
     config = out / "coordinator.toml"
-    config.write_text(_config_toml(args, port, state))
-    proxy = CountingProxy(("127.0.0.1", port)).start()
-    log.info(
-        "coordinator on grpc://127.0.0.1:%d, agents connect through a counting proxy on port %d",
-        port,
-        proxy.port,
-    )
+    config.write_text(_config_toml(args, run_id, server, state))
     procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    proxy: CountingProxy | None = None
     try:
+        if broker is not None:
+            broker.start()
+            log.info(
+                "no --broker given: started mosquitto on %s (config and log in %s)",
+                server,
+                broker.workdir,
+            )
+        proxy = CountingProxy((server.host, server.port)).start()
+        agent_url = f"{server.scheme}://127.0.0.1:{proxy.port}"
+        log.info(
+            "coordinator on %s (run %s), agents connect through a counting proxy: %s",
+            server,
+            run_id,
+            agent_url,
+        )
         coord_log = out / "logs" / "coordinator.log"
         coordinator = _spawn(
             [
@@ -80,7 +112,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 "edge_agent.cli",
                 "run",
                 "--coordinator",
-                f"grpc://127.0.0.1:{proxy.port}",
+                agent_url,
+                "--run-id",
+                run_id,
                 "--model",
                 models[i % len(models)],
                 "--data",
@@ -98,24 +132,33 @@ def run_demo(args: argparse.Namespace) -> int:
             ]
             procs.append((agent_id, _spawn(cmd, agent_log), agent_log))
         rc = _wait(procs, args.timeout)
+        counts = proxy.counts()
     finally:
         for _, p, _ in procs:
             if p.poll() is None:
                 p.kill()
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
+        if broker is not None:
+            broker.stop()
     if rc != 0:
         return rc
     report_path = out / "report.json"
     report = json.loads(report_path.read_text())
-    _add_socket_counts(report, proxy)
+    _add_socket_counts(report, counts)
     report_path.write_text(json.dumps(report, indent=2))
     _summary(report, out)
     return 0
 
 
-def _config_toml(args: argparse.Namespace, port: int, state: Path) -> str:
+def _config_toml(args: argparse.Namespace, run_id: str, server: Endpoint, state: Path) -> str:
+    listener = (
+        f'grpc = ""\nmqtt = "{server}"'
+        if server.scheme == "mqtt"
+        else f'grpc = "{server.hostport}"'
+    )
     return f"""[run]
-id = "demo"
+id = "{run_id}"
 algorithm = "{args.algorithm}"
 rounds = {args.rounds}
 min_agents = {args.agents}
@@ -128,7 +171,7 @@ samples = {args.public_samples}
 per_round = {args.public_per_round}
 
 [server]
-grpc = "127.0.0.1:{port}"
+{listener}
 
 [algorithm]
 local_epochs = {args.local_epochs}
@@ -182,8 +225,7 @@ def _wait(procs: list[tuple[str, subprocess.Popen[bytes], Path]], timeout: float
     return 1
 
 
-def _add_socket_counts(report: dict[str, Any], proxy: CountingProxy) -> None:
-    counts = proxy.counts()
+def _add_socket_counts(report: dict[str, Any], counts: SocketCounts) -> None:
     final = report["final"]
     final["socket_bytes_up"] = counts.up
     final["socket_bytes_down"] = counts.down

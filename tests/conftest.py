@@ -9,8 +9,9 @@ from typing import TypeVar
 
 import pytest
 
+from pfl_edge.broker import Broker
 from pfl_edge.netproxy import free_port
-from tests.mosquitto import Broker, Certs, make_certs, secure_config, write_passwords
+from tests.mosquitto import Certs, make_certs, secure_config, write_passwords
 
 T = TypeVar("T")
 

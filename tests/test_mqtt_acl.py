@@ -5,8 +5,11 @@ agent nor read another agent's inbox; the transports work within the rules."""
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -14,6 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from coordinator.config import ConfigError, RunConfig, ServerSection
+from coordinator.service import broker_login
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import TransportClosed
@@ -218,3 +223,49 @@ def test_mutual_tls(mutual_tls_mosquitto: SecureBroker) -> None:
     without = agent(sb)
     with pytest.raises(TransportClosed):
         without.connect(1.0)
+
+
+# Login settings as users give them (pfl-agent run options, [server] keys).
+
+
+def test_login_reads_the_first_line_of_the_password_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret \nignored\n")
+    (tmp_path / "ca.crt").write_text("")
+    auth = mc.login("agent-a", str(tmp_path / "pw"), str(tmp_path / "ca.crt"))
+    assert auth == mc.Auth("agent-a", "s3cret ", mc.TlsFiles(str(tmp_path / "ca.crt")))
+    assert mc.login() == mc.Auth()
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"password_file": "missing"}, "cannot read the MQTT password file"),
+        ({"password_file": "empty"}, "is empty"),
+        ({"tls_ca": "missing"}, "MQTT TLS CA file"),
+        ({"tls_ca": "ca", "tls_cert": "ca"}, "certificate and its key go together"),
+        ({"tls_cert": "ca", "tls_key": "ca"}, "needs the CA file"),
+    ],
+)
+def test_login_says_what_is_wrong(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "ca").write_text("")
+    with pytest.raises(ValueError, match=message):
+        mc.login(**{k: str(tmp_path / v) for k, v in files.items()})
+
+
+def test_coordinator_login_keys_need_a_broker(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server\.mqtt_tls_ca = .* used with server\.mqtt"):
+        RunConfig(server=ServerSection(mqtt_tls_ca="ca.crt"))
+    with pytest.raises(ConfigError, match=r"server\.mqtt = 'grpc://h:1' is invalid"):
+        RunConfig(server=ServerSection(mqtt="grpc://h:1"))
+    cfg = RunConfig(server=ServerSection(mqtt="mqtt://h:1", mqtt_password_file=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"\[server\] cannot read the MQTT password file"):
+        broker_login(cfg.server)
+
+
+def test_agent_refuses_broker_options_for_grpc(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--coordinator", "grpc://h:1"]
+    cmd += ["--model", "lenet5", "--data", "x.npz", "--tls-ca", "ca.crt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "pfl-agent: --tls-ca: only for an mqtt:// --coordinator" in proc.stderr

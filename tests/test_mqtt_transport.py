@@ -17,6 +17,7 @@ import pytest
 
 from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.broker import Broker
 from pfl_edge.constants import CHUNK_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message
@@ -27,7 +28,6 @@ from pfl_edge.transport.factory import client_for, server_for
 from pfl_edge.transport.mqtt_client import MqttClientTransport
 from pfl_edge.transport.mqtt_server import MqttServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
-from tests.mosquitto import Broker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -527,6 +527,25 @@ def test_broker_restart_loses_nothing(links: Links, caplog: pytest.LogCaptureFix
     expect(client, "run_config")
     wait_for(lambda: "agent agent-a reconnected" in caplog.text, "the reconnected status")
     assert inbound.disconnects.empty()
+
+
+def test_a_starting_coordinator_makes_connected_agents_register_again(links: Links) -> None:
+    early = links.client()
+    early.send(register())  # no coordinator has subscribed yet: it reaches nobody
+    first, _ = links.server()
+    err = refusal(early)
+    assert not err.refused
+    assert err.reason == f"the coordinator of run {RUN} started: register again"
+    late = links.client("agent-b")  # after the start: nothing to redo
+    late.send(register("agent-b"))
+    expect(late, "run_config")
+    early.connect(WAIT_S)
+    early.send(register())
+    expect(early, "run_config")
+    first.stop()
+    links.server()  # a restarted coordinator
+    assert not refusal(late).refused
+    assert not refusal(early).refused
 
 
 def test_recv_raises_when_the_broker_stays_away(links: Links) -> None:

@@ -5,14 +5,17 @@ paho reconnects by itself (a broker restart included) and the persistent session
 delivers what was queued meanwhile, both ways. `recv` raises TransportClosed when the
 coordinator refused a message (an Error envelope: `refused`, with its code), when it
 reported this agent disconnected meanwhile and asks it to register again (an Error
-without code: not `refused`), or when the broker stays out of reach for
-`reconnect_deadline_s`.
+without code: not `refused`), when a coordinator announces its start (not `refused`:
+register again), or when the broker stays out of reach for `reconnect_deadline_s`.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+
+from google.protobuf.message import DecodeError
 
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
@@ -21,6 +24,8 @@ from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 CLOSE_FLUSH_SECONDS = 2.0
 """How long `close` waits for the broker to acknowledge what is still in flight."""
@@ -53,6 +58,7 @@ class MqttClientTransport(ClientTransport):
         self._frames_topic = topics.frames_from(agent_id)
         self._status_topic = topics.status_of(agent_id)
         self._inbox_topic = topics.inbox(agent_id)
+        self._presence_topic = topics.coordinator_presence
         self._framer = Framer(chunk_bytes)
         self._chunk_bytes = chunk_bytes
         self._max_message_bytes = max_message_bytes
@@ -82,7 +88,7 @@ class MqttClientTransport(ClientTransport):
             self._host,
             self._port,
             mc.agent_client_id(self._run_id, self._agent_id),
-            subscriptions=[self._inbox_topic],
+            subscriptions=[self._inbox_topic, self._presence_topic],
             on_message=self._on_message,
             auth=self._auth,
             largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
@@ -146,6 +152,9 @@ class MqttClientTransport(ClientTransport):
         )
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._presence_topic:
+            self._on_presence(payload)
+            return
         try:
             received = self._reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
         except Rejection as r:
@@ -162,6 +171,20 @@ class MqttClientTransport(ClientTransport):
         else:
             refusal = Rejection(env.error.code, env.error.message)
             self._inbox.put(TransportClosed(f"coordinator refused: {refusal}", env.error.code))
+
+    def _on_presence(self, payload: bytes) -> None:
+        env = pb.Envelope()
+        try:
+            env.ParseFromString(payload)
+        except DecodeError:
+            log.warning(
+                "ignored %d bytes on %s: not an Envelope", len(payload), self._presence_topic
+            )
+            return
+        if env.metrics.labels.get("status") == mc.CONNECTED:
+            self._inbox.put(
+                TransportClosed(f"the coordinator of run {self._run_id} started: register again")
+            )
 
     def _link_down(self, reason: str, code: int) -> None:
         inbox = self._inbox

@@ -6,7 +6,8 @@ Topic layout (`<run>` and `<agent>` pass `check_id`):
     pfl/<run>/from/<agent>/frames   agent -> coordinator: Frames
     pfl/<run>/from/<agent>/status   agent -> coordinator: online marker, offline, last will
     pfl/<run>/to/<agent>/frames     coordinator -> agent: Frames (an Error envelope too)
-    pfl/<run>/broadcast/<name>      coordinator -> every agent (reserved)
+    pfl/<run>/broadcast/coordinator coordinator -> every agent: `connected` status
+    pfl/<run>/broadcast/<name>      coordinator -> every agent (other names reserved)
     pfl/<run>/peers/<agent>/<name>  agent -> other agents (reserved for FedH2L)
 
 The broker's ACL (deploy/mosquitto/acl) lets an agent, whose username is its id, write
@@ -20,6 +21,12 @@ the broker and delivered when it is back, a broker restart included (with persis
 A status payload is an Envelope with the agent's ids whose Metrics label `status` is
 `connected` (after `connect`), `reconnected` (after paho reconnected by itself) or
 `offline` (label `reason` says why: the last will, or the agent closing its transport).
+
+The coordinator publishes a `connected` status (no agent id) on broadcast/coordinator
+each time its transport starts. Agents take it as "register again": a Register published
+before the coordinator's first subscription reached nobody, and a restarted coordinator
+has to learn which agents are there. A broker restart does not publish it (paho's
+reconnects of the same process are not starts).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ParamSpec
 
 import paho.mqtt.client as paho
@@ -130,6 +138,11 @@ class Topics:
     def broadcast(self, name: str) -> str:
         return f"{self.prefix}/broadcast/{check_id('broadcast', name)}"
 
+    @property
+    def coordinator_presence(self) -> str:
+        """Where the coordinator announces each start."""
+        return self.broadcast("coordinator")
+
     def peers(self, agent_id: str, name: str) -> str:
         return f"{self.prefix}/peers/{check_id('agent', agent_id)}/{check_id('peers', name)}"
 
@@ -226,6 +239,38 @@ class Auth:
     username: str | None = None
     password: str | None = None
     tls: TlsFiles | None = None
+
+
+def login(
+    username: str | None = None,
+    password_file: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> Auth:
+    """Broker login from the file names a user gives: the password is the first line of
+    `password_file`; TLS needs the CA file, mutual TLS a certificate and its key as well.
+    ValueError says which file is missing, unreadable or empty."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("an MQTT client certificate and its key go together: give both")
+    if tls_cert is not None and tls_ca is None:
+        raise ValueError("an MQTT client certificate needs the CA file that signed the broker's")
+    for what, path in (("CA", tls_ca), ("certificate", tls_cert), ("key", tls_key)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"MQTT TLS {what} file {path} not found")
+    password = None
+    if password_file is not None:
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the MQTT password file {password_file}: {exc.strerror}"
+            ) from None
+        if not lines or not lines[0]:
+            raise ValueError(f"the MQTT password file {password_file} is empty")
+        password = lines[0]
+    tls = None if tls_ca is None else TlsFiles(tls_ca, tls_cert, tls_key)
+    return Auth(username, password, tls)
 
 
 @dataclass(frozen=True)

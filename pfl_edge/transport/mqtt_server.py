@@ -1,6 +1,7 @@
 """MQTT server transport: the coordinator's session on the broker. Agents' frames arrive
 on their `from` topics, whose agent id (guaranteed by the broker's ACL) is the peer;
-replies, and errors for refused messages, go to each agent's inbox.
+replies, and errors for refused messages, go to each agent's inbox. Each start announces
+itself on broadcast/coordinator, which makes connected agents register (again).
 
 As on gRPC, one agent's messages reach the Inbound one at a time, in order: the next
 is handed over when the previous future is done (never waited for on paho's thread).
@@ -107,6 +108,9 @@ class MqttServerTransport(ServerTransport):
             on_message=self._on_message,
             auth=self._auth,
             largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
+            online=mc.Announcement(
+                self._topics.coordinator_presence, mc.status(self._run_id, "", mc.CONNECTED)
+            ),
         )
         # Set before open: a resumed session delivers queued messages right away.
         self._session = session

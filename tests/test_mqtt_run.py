@@ -1,0 +1,198 @@
+"""Whole runs over MQTT with the real broker: the coordinator (coordinator.service.start)
+in this process, agents as `pfl-agent run` processes. The broker restarts once round 1
+is done, and the run still completes with every round stored and every final report. A
+run through the deployed broker configuration logs in with passwords over TLS. FedH2L
+runs over MQTT with the coordinator as its mailbox."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
+from coordinator.service import RunningCoordinator, start
+from pfl_edge.broker import Broker
+from pfl_edge.cli import write_partitions
+from tests.conftest import SecureBroker
+
+pytestmark = pytest.mark.timeout(300)
+
+AGENTS = 3
+ROUNDS = 3
+RUN = "restart"
+WAIT_S = 150.0
+"""Upper bound of each wait; a passing run takes far less."""
+
+
+def agents_data(out: Path, agents: int = AGENTS) -> list[Path]:
+    args = argparse.Namespace(
+        dataset="mnist",
+        agents=agents,
+        noniid="dirichlet",
+        alpha=0.5,
+        classes_per_agent=2,
+        samples_per_agent=120,
+        test_fraction=0.25,
+        seed=0,
+    )
+    return write_partitions(args, out)
+
+
+def spawn_agent(
+    tmp: Path, broker: Broker, agent_id: str, data: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "run",
+        "--coordinator",
+        broker.url,
+        "--run-id",
+        RUN,
+        "--model",
+        "lenet5",
+        "--data",
+        str(data),
+        "--agent-id",
+        agent_id,
+        "--out",
+        str(tmp / agent_id),
+        "--cache-dir",
+        str(tmp / agent_id / "cache"),
+        "--threads",
+        "1",
+        *extra,
+    ]
+    with (tmp / f"{agent_id}.log").open("wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_until(
+    cond: Callable[[], bool], what: str, agents: dict[str, subprocess.Popen[bytes]], tmp: Path
+) -> None:
+    """Wait for `cond`; fail at once when an agent process exits with an error."""
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        failed = [a for a, p in agents.items() if p.poll() not in (None, 0)]
+        if failed:
+            log = (tmp / f"{failed[0]}.log").read_text(errors="replace")
+            raise AssertionError(f"{failed[0]} failed while waiting for {what}:\n{log}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_config(
+    tmp: Path, server: ServerSection, rounds: int, agents: int, algorithm: str = "fedmd"
+) -> RunConfig:
+    return RunConfig(
+        run=RunSection(
+            id=RUN,
+            algorithm=algorithm,
+            rounds=rounds,
+            min_agents=agents,
+            phase_timeout_s=WAIT_S,
+            state_dir=str(tmp / "state"),
+        ),
+        public=PublicSection(dataset="mnist", samples=300, per_round=100),
+        server=server,
+        algorithm={"local_epochs": 1, "wire": "int8"},
+    )
+
+
+def test_broker_restart_mid_run_loses_no_round(tmp_path: Path, mosquitto: Broker) -> None:
+    server = ServerSection(grpc="", mqtt=mosquitto.url)
+    running: RunningCoordinator = start(run_config(tmp_path, server, ROUNDS, AGENTS))
+    agents: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for i, data in enumerate(agents_data(tmp_path / "data")):
+            agents[f"agent-{i}"] = spawn_agent(tmp_path, mosquitto, f"agent-{i}", data)
+        engine = running.engine
+        wait_until(lambda: engine.completed_rounds >= 1, "round 1", agents, tmp_path)
+        mosquitto.restart(down_s=1.0)
+        restarted_after = engine.completed_rounds
+        wait_until(engine.done.is_set, "the end of the run", agents, tmp_path)
+        wait_until(
+            lambda: all(p.poll() == 0 for p in agents.values()),
+            "the agents' exit",
+            agents,
+            tmp_path,
+        )
+        rounds = running.store.rounds()
+        finals = running.store.finals()
+    finally:
+        for p in agents.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        running.stop()
+    assert restarted_after < ROUNDS, "the run ended before the broker restarted"
+    assert [r.round for r in rounds] == list(range(1, ROUNDS + 1))
+    assert all(r.metrics["participants"] == AGENTS for r in rounds)
+    assert sorted(finals) == [f"agent-{i}" for i in range(AGENTS)]
+    for i in range(AGENTS):
+        log = (tmp_path / f"agent-{i}.log").read_text(errors="replace")
+        assert "lost its connection to the MQTT broker" in log  # the restart was seen
+        assert "final test accuracy" in log
+
+
+def test_run_logs_in_with_passwords_over_tls(
+    tmp_path: Path, secure_mosquitto: SecureBroker
+) -> None:
+    sb = secure_mosquitto
+    for user, password in sb.passwords.items():
+        (tmp_path / f"{user}.pw").write_text(password + "\n")
+    server = ServerSection(
+        grpc="",
+        mqtt=sb.broker.url,
+        mqtt_password_file=str(tmp_path / "coordinator.pw"),
+        mqtt_tls_ca=str(sb.certs.ca),
+    )
+    running = start(run_config(tmp_path, server, rounds=1, agents=1))
+    (data,) = agents_data(tmp_path / "data", agents=1)
+    login = ("--mqtt-password-file", str(tmp_path / "agent-a.pw"), "--tls-ca", str(sb.certs.ca))
+    agent = spawn_agent(tmp_path, sb.broker, "agent-a", data, *login)
+    try:
+        wait_until(lambda: agent.poll() == 0, "the agent's exit", {"agent-a": agent}, tmp_path)
+        finals = running.store.finals()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        running.stop()
+    assert list(finals) == ["agent-a"]
+
+
+def test_fedh2l_over_mqtt_relays_the_peers_posteriors(tmp_path: Path, mosquitto: Broker) -> None:
+    server = ServerSection(grpc="", mqtt=mosquitto.url)
+    running = start(run_config(tmp_path, server, rounds=2, agents=AGENTS, algorithm="fedh2l"))
+    agents: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for i, data in enumerate(agents_data(tmp_path / "data")):
+            agents[f"agent-{i}"] = spawn_agent(tmp_path, mosquitto, f"agent-{i}", data)
+        wait_until(
+            lambda: all(p.poll() == 0 for p in agents.values()),
+            "the agents' exit",
+            agents,
+            tmp_path,
+        )
+        rounds = running.store.rounds()
+    finally:
+        for p in agents.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        running.stop()
+    assert [r.round for r in rounds] == [1, 2]
+    for r in rounds:
+        m = r.metrics
+        assert m["participants"] == AGENTS and m["mean_test_acc"] is not None
+        # Each agent uploads its posteriors once and downloads its two peers'.
+        assert 1.8 < m["tensor_bytes_down"] / m["tensor_bytes_up"] <= 2.0
