@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from importlib import resources
 from pathlib import Path
@@ -51,7 +52,8 @@ def _algorithms(name: str | None) -> int:
     found = strategies.available()
     if name is None:
         for algo, cls in sorted(found.items()):
-            print(f"{algo:12s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+            doc = inspect.getdoc(sys.modules[cls.__module__]) or ""
+            print(f"{algo:12s} {doc.splitlines()[0] if doc else ''}")
         return 0
     cls = strategies.get(name)
     for key, value in sorted({**run_params.COMMON, **cls.params}.items()):

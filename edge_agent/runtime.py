@@ -44,7 +44,11 @@ FATAL_CODES = {
     pb.ERROR_CODE_UNAUTHENTICATED,
     pb.ERROR_CODE_FAILED_PRECONDITION,
 }
-"""Refusals that a reconnect cannot fix: the agent stops and says why."""
+"""Refusals of a registration that a reconnect cannot fix: the agent stops and says why.
+Once registered, a refused message (say, a result for a round that closed without it)
+costs the link only: the agent reconnects and takes the next task."""
+
+MAX_REFUSALS_IN_A_ROW = 5
 
 
 class AgentStopped(Exception):
@@ -96,6 +100,10 @@ class Agent:
         self.transport: ClientTransport | None = None
         self.final: dict[str, float] = {}
         self._seq = 0
+        self.registered = False
+        """Whether the coordinator accepted this connection's registration."""
+        self.refusals = 0
+        """Messages refused since the last task answered."""
 
     def run(self) -> dict[str, float]:
         """Take part until the coordinator shuts the run down; returns the final metrics."""
@@ -113,9 +121,18 @@ class Agent:
                 self._session()
                 return self.final
             except TransportClosed as exc:
-                if exc.refused and exc.code in FATAL_CODES:
+                if exc.refused and exc.code in FATAL_CODES and not self.registered:
                     raise AgentStopped(f"coordinator refused this agent: {exc.reason}") from exc
-                log.warning("connection lost (%s); reconnecting", exc.reason)
+                if exc.refused:
+                    self.refusals += 1
+                    if self.refusals >= MAX_REFUSALS_IN_A_ROW:
+                        raise AgentStopped(
+                            f"coordinator refused {self.refusals} messages in a row, last: "
+                            f"{exc.reason}"
+                        ) from exc
+                    log.error("coordinator refused a message: %s; reconnecting", exc.reason)
+                else:
+                    log.warning("connection lost (%s); reconnecting", exc.reason)
 
     def _session(self) -> None:
         """One connection, until the run is over. Raises TransportClosed."""
@@ -130,6 +147,7 @@ class Agent:
             tls=login.tls,
         )
         self.transport = t
+        self.registered = False
         try:
             retry(
                 lambda: t.connect(self.opts.connect_timeout_s),
@@ -172,6 +190,7 @@ class Agent:
         env = msg.envelope
         kind = kind_of(env)
         if kind == "run_config":
+            self.registered = True
             self._configure(env.run_config)
         elif kind == "public_data":
             self._store_public(msg)
@@ -284,6 +303,7 @@ class Agent:
             busy=_cover(spans),
         )
         self._send(env.round, remember=key, blobs=blobs, result=result)
+        self.refusals = 0
         acc = reply.metrics.get("test_acc")
         if acc is not None:
             log.info("round %d: test accuracy %.4f", env.round, acc)
