@@ -10,6 +10,7 @@ per-message header. Neither looks inside a Task or Result.
 from __future__ import annotations
 
 import abc
+import queue
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -93,6 +94,31 @@ class ClientTransport(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class Inbox:
+    """What a client transport received, in order; a TransportClosed put here ends the link
+    and is raised by every later `get`."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Message | TransportClosed] = queue.Queue()
+        self.closed: TransportClosed | None = None
+
+    def put(self, item: Message | TransportClosed) -> None:
+        self._queue.put(item)
+
+    def get(self, timeout_s: float | None) -> Message | None:
+        """Next message, or None after `timeout_s`; raises the TransportClosed that ended it."""
+        if self.closed is not None:
+            raise self.closed
+        try:
+            item = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, TransportClosed):
+            self.closed = item
+            raise item
+        return item
 
 
 def record(meter: ByteMeter, direction: Direction, received: Received) -> None:

@@ -14,7 +14,7 @@ from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
-from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
+from pfl_edge.transport.base import ClientTransport, Inbox, TransportClosed, record, record_sent
 
 _END = object()
 
@@ -37,13 +37,11 @@ class GrpcClientTransport(ClientTransport):
         self._max_message_bytes = max_message_bytes
         self._channel: grpc.Channel | None = None
         self._outbox: queue.Queue[Any] = queue.Queue()
-        self._inbox: queue.Queue[Message | TransportClosed] = queue.Queue()
-        self._closed: TransportClosed | None = None
+        self._inbox = Inbox()
 
     def connect(self, timeout_s: float) -> None:
         self.close()
-        self._closed = None
-        self._outbox, self._inbox = queue.Queue(), queue.Queue()
+        self._outbox, self._inbox = queue.Queue(), Inbox()
         channel = grpc.insecure_channel(self._target, options=gc.channel_options(self._chunk_bytes))
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
@@ -65,7 +63,7 @@ class GrpcClientTransport(ClientTransport):
         while (item := outbox.get()) is not _END:
             yield item
 
-    def _read(self, call: Any, inbox: queue.Queue[Message | TransportClosed]) -> None:
+    def _read(self, call: Any, inbox: Inbox) -> None:
         reassembler = Reassembler(self._max_message_bytes)
         try:
             for raw in call:
@@ -84,8 +82,8 @@ class GrpcClientTransport(ClientTransport):
             call.cancel()
 
     def send(self, msg: Message) -> None:
-        if self._closed is not None or self._channel is None:
-            raise self._closed or TransportClosed("not connected")
+        if self._inbox.closed is not None or self._channel is None:
+            raise self._inbox.closed or TransportClosed("not connected")
         wire = frames = 0
         for raw in self._framer.frames(msg):  # each frame leaves while the next is built
             self._outbox.put(raw)
@@ -98,16 +96,7 @@ class GrpcClientTransport(ClientTransport):
         self._outbox.put(raw)
 
     def recv(self, timeout_s: float | None) -> Message | None:
-        if self._closed is not None:
-            raise self._closed
-        try:
-            item = self._inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-        if isinstance(item, TransportClosed):
-            self._closed = item
-            raise item
-        return item
+        return self._inbox.get(timeout_s)
 
     def close(self) -> None:
         self._outbox.put(_END)

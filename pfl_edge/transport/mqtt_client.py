@@ -12,7 +12,6 @@ register again), or when the broker stays out of reach for `reconnect_deadline_s
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 
 from google.protobuf.message import DecodeError
@@ -22,7 +21,7 @@ from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
-from pfl_edge.transport.base import ClientTransport, TransportClosed, record, record_sent
+from pfl_edge.transport.base import ClientTransport, Inbox, TransportClosed, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,8 @@ class MqttClientTransport(ClientTransport):
         self._reconnect_deadline_s = reconnect_deadline_s
         self._session: mc.Session | None = None
         self._resume = False
-        self._inbox: queue.Queue[Message | TransportClosed] = queue.Queue()
+        self._inbox = Inbox()
         self._reassembler = Reassembler(max_message_bytes)
-        self._closed: TransportClosed | None = None
         self._give_up: threading.Timer | None = None
         self._give_up_lock = threading.Lock()
 
@@ -82,8 +80,7 @@ class MqttClientTransport(ClientTransport):
         """Open the session: a fresh one the first time, afterwards the one left behind
         (with what the broker queued for it)."""
         self.close()
-        self._closed = None
-        self._inbox, self._reassembler = queue.Queue(), Reassembler(self._max_message_bytes)
+        self._inbox, self._reassembler = Inbox(), Reassembler(self._max_message_bytes)
         session = mc.Session(
             self._host,
             self._port,
@@ -109,8 +106,8 @@ class MqttClientTransport(ClientTransport):
 
     def send(self, msg: Message) -> None:
         session = self._session
-        if self._closed is not None or session is None:
-            raise self._closed or TransportClosed("not connected")
+        if self._inbox.closed is not None or session is None:
+            raise self._inbox.closed or TransportClosed("not connected")
         raws = list(self._framer.frames(msg))
         session.publish(self._frames_topic, *raws)
         wire = sum(mc.wire_bytes(self._frames_topic, len(r)) for r in raws)
@@ -123,16 +120,7 @@ class MqttClientTransport(ClientTransport):
         self._session.publish(self._frames_topic, payload)
 
     def recv(self, timeout_s: float | None) -> Message | None:
-        if self._closed is not None:
-            raise self._closed
-        try:
-            item = self._inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-        if isinstance(item, TransportClosed):
-            self._closed = item
-            raise item
-        return item
+        return self._inbox.get(timeout_s)
 
     def close(self) -> None:
         """Tell the coordinator this agent is leaving, flush, and disconnect."""
