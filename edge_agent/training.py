@@ -54,9 +54,8 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 def _fit(
     model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    loss_fn: Loss,
+    n: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
     *,
     epochs: int,
     batch_size: int,
@@ -64,29 +63,36 @@ def _fit(
     rng: np.random.Generator,
     optimizer: str,
 ) -> float:
-    """Minimise ``loss_fn(outputs, targets)`` by mini-batches; mean loss of the last epoch."""
-    if len(inputs) == 0:
+    """Minimise ``batch_loss(indices)`` over shuffled mini-batches of ``range(n)``; mean loss
+    of the last epoch (nan if no batch was trained)."""
+    if n == 0:
         raise ValueError("no training samples")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    device = _device(model)
     opt = _optimizer(optimizer, model, lr)
     skip_single = _has_batchnorm(model)
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):
         total, count = 0.0, 0
-        order = torch.from_numpy(rng.permutation(len(inputs)))
+        order = torch.from_numpy(rng.permutation(n))
         for idx in torch.split(order, batch_size):
             if skip_single and len(idx) == 1:
                 continue
             opt.zero_grad()
-            loss = loss_fn(model(inputs[idx].to(device)), targets[idx].to(device))
+            loss = batch_loss(idx)
             torch.autograd.backward(loss)
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
     return total / count if count else float("nan")
+
+
+def _supervised(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Loss
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    device = _device(model)
+    return lambda idx: loss_fn(model(inputs[idx].to(device)), targets[idx].to(device))
 
 
 def train_epochs(
@@ -110,9 +116,8 @@ def train_epochs(
     labels = torch.from_numpy(y.astype(np.int64))
     return _fit(
         model,
-        _inputs(x),
-        labels,
-        F.cross_entropy,
+        len(x),
+        _supervised(model, _inputs(x), labels, F.cross_entropy),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -207,9 +212,8 @@ def distill(
 
     return _fit(
         model,
-        _inputs(x),
-        torch.from_numpy(targets.astype(np.float32)),
-        kl,
+        len(x),
+        _supervised(model, _inputs(x), torch.from_numpy(targets.astype(np.float32)), kl),
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -254,26 +258,21 @@ def train_mutual(
     pub = _inputs(public)
     p = torch.from_numpy(peers.astype(np.float32)).to(device)
     p_log_p = torch.xlogy(p, p)
-    opt = _optimizer(optimizer, model, lr)
-    skip_single = _has_batchnorm(model)
-    model.train()
-    total, count = 0.0, 0
-    for _ in range(epochs):
-        total, count = 0.0, 0
-        order = torch.from_numpy(rng.permutation(len(inputs)))
-        for idx in torch.split(order, batch_size):
-            if skip_single and len(idx) == 1:
-                continue
-            j = torch.from_numpy(
-                rng.choice(len(pub), size=min(batch_size, len(pub)), replace=False)
-            )
-            opt.zero_grad()
-            ce = F.cross_entropy(model(inputs[idx].to(device)), labels[idx].to(device))
-            log_q = F.log_softmax(model(pub[j].to(device)) / temperature, dim=1)
-            kl = (p_log_p[:, j] - p[:, j] * log_q).sum(dim=2).mean()
-            loss = ce + weight * kl
-            torch.autograd.backward(loss)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-    return total / count if count else float("nan")
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        j = torch.from_numpy(rng.choice(len(pub), size=min(batch_size, len(pub)), replace=False))
+        ce = F.cross_entropy(model(inputs[idx].to(device)), labels[idx].to(device))
+        log_q = F.log_softmax(model(pub[j].to(device)) / temperature, dim=1)
+        kl = (p_log_p[:, j] - p[:, j] * log_q).sum(dim=2).mean()
+        return ce + weight * kl
+
+    return _fit(
+        model,
+        len(inputs),
+        batch_loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        rng=rng,
+        optimizer=optimizer,
+    )
