@@ -13,6 +13,13 @@ c_projection = how columns are kept valid ("simplex": Euclidean projection, defa
 "softmax": the authors' code, column <- softmax(c_softmax_scale * column); "none":
 the paper's unconstrained step). A step shrinks c towards 1/N by the factor
 1 - 2 * c_lr * c_rho, so keep c_lr * c_rho below 0.5.
+
+Defaults: at our scale (KL averaged over public samples, weights D_n / D summing to 1)
+the KL gradient of an entry is of order 1/N, so the paper's eta_3 = 0.01 with rho = 0.5
+keeps c at 1/N to about three decimals and kt-pfl acts as fedmd. c_lr = 5, c_rho = 0.02
+were chosen by replaying c updates on the recorded soft predictions of a 20-agent
+MNIST fleet (and one 20-round pilot): c then separates peers with the same class mix
+from the others within 3-4 rounds; the self weight settles near 0.3.
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from pfl_edge.values import Scalar
 class KTPFL(SoftTargetStrategy):
     name = "kt-pfl"
     params: ClassVar[dict[str, Scalar]] = {
-        "c_lr": 0.5,
-        "c_rho": 0.5,
+        "c_lr": 5.0,
+        "c_rho": 0.02,
         "c_lambda": 1.0,
         "c_projection": "simplex",
         "c_softmax_scale": 5.0,
@@ -43,7 +50,7 @@ class KTPFL(SoftTargetStrategy):
         projection = str(ctx.params["c_projection"])
         if projection not in km.PROJECTIONS:
             raise ValueError(f"c_projection must be one of {km.PROJECTIONS}, got {projection!r}")
-        self.projection: km.Projection = projection  # type: ignore[assignment]
+        self.projection: km.Projection = projection
         self.agent_ids: list[str] = []
         self.c = np.zeros((0, 0))
         self._round_soft: tuple[list[str], np.ndarray] | None = None

@@ -74,7 +74,7 @@ def mixture(weights: Array, soft: Array) -> Array:
     k = soft.shape[0]
     flat = soft.reshape(k, -1)
     scaled = (weights / weights.sum(axis=0)).T.astype(flat.dtype)
-    targets = (scaled @ flat).reshape(soft.shape)
+    targets: Array = (scaled @ flat).reshape(soft.shape)
     if (weights < 0).any():
         return as_distributions(targets)
     return targets
@@ -93,8 +93,7 @@ def objective_and_gradient(
     k, r = soft.shape[0], soft.shape[1]
     flat = soft.reshape(k, -1)
     t = mixture(a, soft).reshape(k, -1)
-    log_ratio = np.log(t)
-    log_ratio -= np.log(flat)
+    log_ratio = np.log(t / flat)
     kl = np.einsum("ij,ij->i", t, log_ratio).astype(np.float64) / r
     cross = (flat @ log_ratio.T).astype(np.float64) / r
     w = np.asarray(sizes, dtype=np.float64) / float(np.sum(sizes))
@@ -119,7 +118,8 @@ def project_simplex(v: Array) -> npt.NDArray[np.float64]:
     j = np.arange(1, k + 1, dtype=np.float64)[:, None]
     support = np.sum(u - cumulative / j > 0, axis=0)
     theta = cumulative[support - 1, np.arange(v.shape[1])] / support
-    return np.maximum(v - theta, 0.0)
+    out: npt.NDArray[np.float64] = np.maximum(v - theta, 0.0)
+    return out
 
 
 def softmax_columns(a: Array, scale: float) -> npt.NDArray[np.float64]:
@@ -127,7 +127,8 @@ def softmax_columns(a: Array, scale: float) -> npt.NDArray[np.float64]:
     z = scale * np.asarray(a, dtype=np.float64)
     z -= z.max(axis=0)
     e = np.exp(z)
-    return e / e.sum(axis=0)
+    out: npt.NDArray[np.float64] = e / e.sum(axis=0)
+    return out
 
 
 def update(
@@ -182,7 +183,13 @@ def update_block(
     mass = block.sum(axis=0)
     a = normalise_columns(block)
     new_a, value = update(
-        a, soft, sizes, lr=lr, lam=lam, rho=rho, projection=projection,
+        a,
+        soft,
+        sizes,
+        lr=lr,
+        lam=lam,
+        rho=rho,
+        projection=projection,
         softmax_scale=softmax_scale,
     )
     out = np.array(c, dtype=np.float64)
