@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve a run until it finishes, then write its report")
     serve.add_argument("--config", type=Path, required=True, help="run configuration (TOML)")
     serve.add_argument(
-        "--report-dir", type=Path, help="where report.json/png go (default: the run's state_dir)"
+        "--report-dir",
+        type=Path,
+        help="where report.json/png and the per-round inspection files (inspect/, "
+        "*_heatmap.png) go (default: the run's state_dir)",
     )
     serve.add_argument("--log-level", default="INFO")
     sub.add_parser("example-config", help="print a commented configuration with the defaults")

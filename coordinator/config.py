@@ -67,6 +67,9 @@ class ServerSection:
     """Client certificate and key, for a broker that requires them (mutual TLS)."""
     chunk_bytes: int = CHUNK_BYTES
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    http: str = "127.0.0.1:0"
+    """HOST:PORT of the read-only inspection endpoint (/status, /inspect); port 0 picks a
+    free one (the log says which); "" disables it."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,27 @@ class RunConfig:
             s.max_message_bytes,
             "at least server.chunk_bytes",
         )
+        _check(
+            not s.http or split_hostport(s.http) is not None,
+            "server.http",
+            s.http,
+            'HOST:PORT (port 0 picks a free one) or "" to disable',
+        )
+
+
+def split_hostport(value: str) -> tuple[str, int] | None:
+    """("127.0.0.1", 8080) for "127.0.0.1:8080" ("[::1]:8080" gives "::1"); None when
+    `value` is not HOST:PORT with a port from 0 to 65535."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address needs brackets
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    if any(c.isspace() or c in "[]/" for c in host):
+        return None
+    return host, int(port)
 
 
 def _check(ok: bool, key: str, value: object, want: str) -> None:

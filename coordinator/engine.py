@@ -11,24 +11,34 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from coordinator.config import ID_PATTERN, RunConfig
+from coordinator.inspection import Snapshot
 from coordinator.public import PublicSet
 from coordinator.store import Store
-from coordinator.strategies.base import AgentInfo, Instruction, Reply, RunContext, Strategy
+from coordinator.strategies.base import (
+    AgentInfo,
+    Inspection,
+    Instruction,
+    Reply,
+    RunContext,
+    Strategy,
+)
 from pfl_edge import codec, errors, public_data
+from pfl_edge import peer_exchange as px
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message, kind_of
 from pfl_edge.transport.base import Inbound, ServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
-from pfl_edge.values import Scalar, to_values
+from pfl_edge.values import Scalar, from_values, to_values
 
 log = logging.getLogger("pfl_edge.coordinator")
 
@@ -36,6 +46,9 @@ FINISH = "finish"
 """Framework action after the last round: export the model, report final metrics."""
 
 WAITING_LOG_INTERVAL_S = 30.0
+
+GATHER_WAIT_SHARE = 0.25
+"""Share of the phase timeout an agent waits for missing peers' tensors of a gather."""
 
 
 @dataclass
@@ -56,6 +69,12 @@ class Phase:
     tasks: dict[str, Message]
     replies: dict[str, Reply] = field(default_factory=dict)
     busy: list[tuple[float, float]] = field(default_factory=list)
+    shared: dict[str, str] = field(default_factory=dict)
+    """Agent -> name of the reply tensor its instruction shares (`Instruction.share`)."""
+    direct: bool = False
+    """The shared tensors go agent to agent (the replies lack them), not through here."""
+    exchange: int = 0
+    """Id of this phase's direct exchange (peer messages carry it)."""
 
     @property
     def missing(self) -> list[str]:
@@ -94,6 +113,11 @@ class Engine:
         self._last_seq: dict[str, int] = {}
         """Highest message number seen per agent since it registered."""
         self._waiting_logged = 0.0
+        self.observers: list[Callable[[Snapshot], None]] = []
+        """Called on the engine thread with each Snapshot (the service's HTTP board and
+        inspection files); they must return quickly and keep no reference to engine state."""
+        self._inspections: Mapping[str, Inspection] = {}
+        self._inspected_round = 0
         self._resume()
 
     # Transport side (any thread).
@@ -124,6 +148,7 @@ class Engine:
             self.cfg.run.rounds,
             self.cfg.run.min_agents,
         )
+        self._publish(inspect=True)  # a resumed run shows its last round at once
         while not self.done.is_set():
             try:
                 event = self._events.get(timeout=self._wait_s())
@@ -145,6 +170,7 @@ class Engine:
             rec = self.agents.get(event[1])
             if rec is not None:
                 rec.connected, rec.disconnected_at = False, time.time()
+                self._publish()
                 log.info("agent %s disconnected (%s)", event[1], event[2])
             return
         _, transport, peer, msg, fut = event
@@ -257,6 +283,7 @@ class Engine:
         known = agent_id in self.agents
         self.agents[agent_id] = AgentRecord(info, transport, device, connected=True)
         self.store.save_agent(agent_id, {**info.__dict__, **device}, transport)
+        self._publish()
         log.info(
             "agent %s %s (%s, %d params, %d samples) over %s",
             agent_id,
@@ -312,10 +339,16 @@ class Engine:
         if res.action != action:
             raise errors.invalid(f"result is for action {res.action!r}, the task was {action!r}")
         tensors = codec.decode_many(res.tensors, msg.blobs, require_finite=True)
+        shared = phase.shared.get(agent_id)
+        if shared is not None and not phase.direct and shared not in tensors:
+            raise errors.invalid(f"{action} reply of {agent_id} lacks shared tensor {shared!r}")
+        gathered = self._gathered(phase.tasks[agent_id], tensors.pop(px.GATHERED, None))
         reply = Reply(action, tensors, dict(res.metrics))
         if phase.round <= self.cfg.run.rounds:
             self.strategy.validate(phase.round, phase.index, rec.info, reply)
         phase.replies[agent_id] = reply
+        if gathered is not None:
+            self._log_gathered(phase, agent_id, gathered)
         phase.busy.extend((b.start_unix, b.end_unix) for b in res.busy)
         self._count_tensor(
             phase.round, up=sum(codec.encoded_bytes(t, msg.blobs) for t in res.tensors)
@@ -324,6 +357,35 @@ class Engine:
             self.store.save_final(agent_id, reply.metrics)
         else:
             self.round_metrics.setdefault(agent_id, {}).update(reply.metrics)
+
+    @staticmethod
+    def _gathered(task: Message, mask: np.ndarray | None) -> dict[str, bool] | None:
+        """Which agents' tensors a direct gather used, from the reply's mask; Rejection
+        where the mask does not fit the task."""
+        spec = px.GatherSpec.from_params(from_values(task.envelope.task.params))
+        if spec is None:
+            if mask is not None:
+                raise errors.invalid(f"{px.GATHERED!r} answers a task without a gather")
+            return None
+        if mask is None or mask.shape != (len(spec.agents),) or not np.isin(mask, (0, 1)).all():
+            raise errors.invalid(
+                f"a gather reply needs {px.GATHERED!r}: {len(spec.agents)} flags 0 or 1"
+            )
+        return {a: bool(used) for a, used in zip(spec.agents, mask, strict=True)}
+
+    def _log_gathered(self, phase: Phase, agent_id: str, gathered: dict[str, bool]) -> None:
+        missing = [a for a, used in gathered.items() if not used]
+        if missing:
+            log.warning(
+                "round %d phase %d: %s went on without the tensors of %s (missing or unusable)",
+                phase.round,
+                phase.index,
+                agent_id,
+                missing,
+            )
+        metrics = self.round_metrics.setdefault(agent_id, {})
+        metrics["peers_gathered"] = float(len(gathered) - len(missing))
+        metrics["peers_missing"] = float(len(missing))
 
     # Round progression.
 
@@ -374,15 +436,77 @@ class Engine:
         instructions = self.strategy.begin_round(rnd, [self.agents[a].info for a in chosen])
         self._open_phase(rnd, 0, instructions)
 
-    def _open_phase(self, rnd: int, index: int, instructions: Mapping[str, Instruction]) -> None:
+    def _open_phase(
+        self,
+        rnd: int,
+        index: int,
+        instructions: Mapping[str, Instruction],
+        prev: Phase | None = None,
+    ) -> None:
         sel = public_data.selection(
             self.public.num_samples, _round_seed(self.cfg.run.seed, rnd), self.cfg.public.per_round
         )
         now = time.time()
-        tasks = {a: self._task(a, rnd, index, ins, sel) for a, ins in instructions.items()}
-        self.phase = Phase(rnd, index, now, now + self.cfg.run.phase_timeout_s, tasks)
+        shared = {a: ins.share for a, ins in instructions.items() if ins.share}
+        direct = bool(shared) and self._reach_each_other(instructions)
+        exchange = int(np.random.default_rng().integers(1, 2**48)) if direct else 0
+        tasks = {
+            a: self._task(a, rnd, index, self._routed(ins, prev, direct, exchange), sel)
+            for a, ins in instructions.items()
+        }
+        deadline = now + self.cfg.run.phase_timeout_s
+        self.phase = Phase(rnd, index, now, deadline, tasks, shared=shared, direct=direct)
+        self.phase.exchange = exchange
+        if shared:
+            log.info(
+                "round %d phase %d: agents exchange %s %s",
+                rnd,
+                index,
+                sorted(set(shared.values())),
+                "directly" if direct else "through the coordinator",
+            )
         for agent_id, env in tasks.items():
             self._send(agent_id, env)
+
+    def _reach_each_other(self, instructions: Mapping[str, Instruction]) -> bool:
+        """Whether the agents of a phase can exchange tensors directly: all on one transport
+        with peer exchange, and no other agent connected there (it would get them too)."""
+        names = {self.agents[a].transport for a in instructions}
+        if len(names) != 1:
+            return False
+        (name,) = names
+        transport = self.transports.get(name)
+        if transport is None or not transport.supports_peer_exchange:
+            return False
+        return not any(
+            r.connected and r.transport == name and a not in instructions
+            for a, r in self.agents.items()
+        )
+
+    def _routed(
+        self, ins: Instruction, prev: Phase | None, direct: bool, exchange: int
+    ) -> Instruction:
+        """`ins` with its share and gather turned into Task params (direct exchange) or its
+        gather materialized from the previous phase's replies (mailbox)."""
+        params = dict(ins.params)
+        tensors = dict(ins.tensors)
+        if ins.share and direct:
+            params.update({px.SHARE: ins.share, px.EXCHANGE: exchange})
+        g = ins.gather
+        if g is not None:
+            if prev is None:
+                raise ValueError(f"gather {g.name!r} in the first phase of a round")
+            if prev.direct:
+                wrong = [a for a in g.agents if prev.shared.get(a) != g.source]
+                if wrong:
+                    raise ValueError(f"gather of {g.source!r} from {wrong}, who did not share it")
+                wait_s = GATHER_WAIT_SHARE * self.cfg.run.phase_timeout_s
+                spec = px.GatherSpec(g.name, g.source, g.agents, prev.exchange, wait_s)
+                params.update(spec.params())
+            elif g.agents:
+                parts = [prev.replies[a].tensors[g.source] for a in g.agents]
+                tensors[g.name] = np.concatenate(parts)
+        return Instruction(ins.action, tensors, params, ins.wire)
 
     def _task(
         self, agent_id: str, rnd: int, index: int, ins: Instruction, sel: pb.PublicSelection
@@ -418,7 +542,7 @@ class Engine:
         replies = dict(sorted(phase.replies.items()))
         nxt = self.strategy.end_phase(phase.round, phase.index, replies)
         if nxt:
-            self._open_phase(phase.round, phase.index + 1, nxt)
+            self._open_phase(phase.round, phase.index + 1, nxt, prev=phase)
         else:
             self._complete_round(phase.round)
 
@@ -433,15 +557,19 @@ class Engine:
             if "test_acc_before_distill" in m
         ]
         tensor_up, tensor_down = self.tensor_bytes.get(rnd, [0, 0])
+        # Traffic between agents never passes here: each agent reports its own.
+        peer = {k: int(sum(m.get(k, 0.0) for m in self.round_metrics.values())) for k in px.METRICS}
         metrics: dict[str, Any] = {
             "round": rnd,
             "participants": len(self.round_metrics),
             "mean_test_acc": float(np.mean(accs)) if accs else None,
             "mean_test_acc_before_distill": float(np.mean(before)) if before else None,
-            "bytes_up": self.meter.total(round_=rnd, direction="up"),
-            "bytes_down": self.meter.total(round_=rnd, direction="down"),
-            "tensor_bytes_up": tensor_up,
-            "tensor_bytes_down": tensor_down,
+            "bytes_up": self.meter.total(round_=rnd, direction="up") + peer[px.BYTES_UP],
+            "bytes_down": self.meter.total(round_=rnd, direction="down") + peer[px.BYTES_DOWN],
+            "peer_bytes_up": peer[px.BYTES_UP],
+            "peer_bytes_down": peer[px.BYTES_DOWN],
+            "tensor_bytes_up": tensor_up + peer[px.TENSOR_BYTES_UP],
+            "tensor_bytes_down": tensor_down + peer[px.TENSOR_BYTES_DOWN],
             "wall_s": wall,
             "busy_s": busy,
             "orchestration_s": max(0.0, wall - busy),
@@ -451,6 +579,7 @@ class Engine:
             rnd, metrics, self.strategy.state(), self.round_metrics, self.meter.rows()
         )
         self.completed_rounds = rnd
+        self._publish(inspect=True)
         n = max(1, metrics["participants"])
         acc = metrics["mean_test_acc"]
         log.info(
@@ -498,8 +627,39 @@ class Engine:
                 )
         log.info("run %s finished", self.cfg.run.id)
         self.done.set()
+        self._publish()
 
     # Helpers.
+
+    def _publish(self, *, inspect: bool = False) -> None:
+        """Hand the observers an immutable Snapshot; with `inspect`, of the strategy's
+        matrices after the last completed round too."""
+        if not self.observers:
+            return
+        if inspect:
+            try:
+                self._inspections = dict(self.strategy.inspect())
+            except Exception:
+                log.exception("%s: inspect() failed", self.cfg.run.algorithm)
+                self._inspections = {}
+            self._inspected_round = self.completed_rounds
+        snapshot = Snapshot(
+            run_id=self.cfg.run.id,
+            algorithm=self.cfg.run.algorithm,
+            round=self.completed_rounds,
+            rounds=self.cfg.run.rounds,
+            agents=len(self.agents),
+            connected=sum(r.connected for r in self.agents.values()),
+            finished=self.done.is_set(),
+            inspections=MappingProxyType(self._inspections),
+            inspections_round=self._inspected_round,
+            time=time.time(),
+        )
+        for observer in self.observers:
+            try:
+                observer(snapshot)
+            except Exception:
+                log.exception("snapshot observer %r failed", observer)
 
     def _message(
         self, agent_id: str, rnd: int, blobs: codec.Blobs | None = None, **body: Any

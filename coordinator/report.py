@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.store import Store
+from pfl_edge import peer_exchange
 from pfl_edge.accounting import ByteMeter
 
 FLOAT32_BYTES = 4
@@ -17,7 +18,12 @@ FLOAT32_BYTES = 4
 def build(
     store: Store, meter: ByteMeter, *, algorithm: str, setup_tensor_bytes: int = 0
 ) -> dict[str, Any]:
-    """Assemble the report from the persisted run state and the byte meter."""
+    """Assemble the report from the persisted run state and the byte meter.
+
+    `bytes_up`/`bytes_down` (per agent, per round) are all the agents put on and took off
+    the wire: their traffic with the coordinator as its meter counts it, plus what they
+    exchanged with each other directly and reported (also given apart as `peer_bytes_*`).
+    """
     rounds = [r.metrics for r in store.rounds()]
     agents_db = store.agents()
     finals = store.finals()
@@ -26,6 +32,9 @@ def build(
     for agent_id, (info, transport) in sorted(agents_db.items()):
         final = finals.get(agent_id, {})
         history = per_agent_rounds.get(agent_id, {})
+        # What the agent exchanged with other agents directly, as it reported per round.
+        peer_up = int(sum(m.get(peer_exchange.BYTES_UP, 0.0) for m in history.values()))
+        peer_down = int(sum(m.get(peer_exchange.BYTES_DOWN, 0.0) for m in history.values()))
         agents.append(
             {
                 "id": agent_id,
@@ -37,8 +46,10 @@ def build(
                 "final_test_acc": final.get("final_test_acc"),
                 "onnx_max_abs_diff": final.get("onnx_max_abs_diff"),
                 "test_acc_per_round": [history[r].get("test_acc") for r in sorted(history)],
-                "bytes_up": meter.total(agent_id=agent_id, direction="up"),
-                "bytes_down": meter.total(agent_id=agent_id, direction="down"),
+                "bytes_up": meter.total(agent_id=agent_id, direction="up") + peer_up,
+                "bytes_down": meter.total(agent_id=agent_id, direction="down") + peer_down,
+                "peer_bytes_up": peer_up,
+                "peer_bytes_down": peer_down,
             }
         )
     agent_rounds = sum(r["participants"] for r in rounds) or 1
@@ -62,6 +73,8 @@ def build(
                     "mean_test_acc_before_distill",
                     "bytes_up",
                     "bytes_down",
+                    "peer_bytes_up",
+                    "peer_bytes_down",
                     "wall_s",
                     "orchestration_s",
                     "strategy",
@@ -81,7 +94,8 @@ def build(
             else None,
             "setup_bytes_down": meter.total(round_=0, direction="down"),
             "setup_bytes_up": meter.total(round_=0, direction="up"),
-            "accounted_bytes": meter.total(),
+            "accounted_bytes": meter.total()
+            + sum(a["peer_bytes_up"] + a["peer_bytes_down"] for a in agents),
             "tensor_bytes": tensor_round_bytes + setup_tensor_bytes,
             "round_accounted_overhead": (up + down) / tensor_round_bytes
             if tensor_round_bytes

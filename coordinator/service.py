@@ -11,8 +11,9 @@ from pathlib import Path
 from types import FrameType
 
 from coordinator import public, report, strategies
-from coordinator.config import ConfigError, RunConfig, ServerSection
+from coordinator.config import ConfigError, RunConfig, ServerSection, split_hostport
 from coordinator.engine import Engine
+from coordinator.inspection import Board, InspectionWriter, InspectServer
 from coordinator.store import Store
 from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
@@ -69,6 +70,10 @@ class RunningCoordinator:
     meter: ByteMeter
     transports: list[ServerTransport]
     thread: threading.Thread
+    board: Board | None = None
+    """The latest snapshot of the run (what the HTTP endpoint serves)."""
+    writer: InspectionWriter | None = None
+    http: InspectServer | None = None
 
     def transport(self, name: str) -> ServerTransport:
         return next(t for t in self.transports if t.name == name)
@@ -79,11 +84,19 @@ class RunningCoordinator:
         self.thread.join(10)
         for t in self.transports:
             t.stop()
+        if self.http is not None:
+            self.http.stop()
+        if self.writer is not None:
+            self.writer.close()  # the last round's inspection files are on disk after this
         self.store.close()
 
 
-def start(cfg: RunConfig) -> RunningCoordinator:
-    """Open the state, load the public set, start the listeners and the engine thread."""
+def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
+    """Open the state, load the public set, start the listeners and the engine thread.
+
+    Each round's inspections (Strategy.inspect) go to `out_dir` (default: the state dir):
+    inspect/<name>_round_<NNN>.csv and <name>_heatmap.png.
+    """
     params = resolve_params(cfg)
     mqtt_login = broker_login(cfg.server)
     store = Store(Path(cfg.run.state_dir))
@@ -98,6 +111,18 @@ def start(cfg: RunConfig) -> RunningCoordinator:
     )
     meter = ByteMeter()
     engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter)
+    board, writer = Board(), InspectionWriter(out_dir or Path(cfg.run.state_dir))
+    engine.observers += [board.publish, writer]
+    http = None
+    hostport = split_hostport(cfg.server.http) if cfg.server.http else None
+    if hostport is not None:
+        try:
+            http = InspectServer(*hostport, board).start()
+        except OSError as exc:
+            writer.close()
+            store.close()
+            raise ConfigError(f"server.http = {cfg.server.http!r}: {exc}") from None
+        log.info("inspection endpoint on %s (/status, /inspect)", http.address)
     transports: list[ServerTransport] = []
     for url, auth in (
         (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Auth()),
@@ -120,12 +145,14 @@ def start(cfg: RunConfig) -> RunningCoordinator:
         log.info("serving %s", t.address)
     thread = threading.Thread(target=engine.run, name="engine", daemon=True)
     thread.start()
-    return RunningCoordinator(cfg, engine, store, meter, transports, thread)
+    return RunningCoordinator(
+        cfg, engine, store, meter, transports, thread, board=board, writer=writer, http=http
+    )
 
 
 def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
     """Serve the run until it finishes (or a signal); write the report; return its path."""
-    running = start(cfg)
+    running = start(cfg, report_dir)
     engine = running.engine
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -43,10 +43,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     state = out / "state"
-    for old in (state, out / "agents", out / "broker"):
+    for old in (state, out / "agents", out / "broker", out / "inspect"):
         if old.exists():
             log.info("removing the previous demo's %s", old)
             shutil.rmtree(old)
+    for old_heatmap in out.glob("*_heatmap.png"):
+        old_heatmap.unlink()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     log.info(
         "partitioning MNIST for %d agents (%s, %d samples each)",
@@ -259,4 +261,9 @@ def _summary(report: dict[str, Any], out: Path) -> None:
         f"{f['wire_overhead']:.3f} (socket bytes / tensor bytes)",
         f"report: {out / 'report.json'}, plot: {out / 'report.png'}",
     ]
+    heatmaps = sorted(out.glob("*_heatmap.png"))
+    if heatmaps:
+        lines.append(
+            f"strategy matrices: {', '.join(map(str, heatmaps))} (per round: {out / 'inspect'})"
+        )
     print("\n".join(lines))

@@ -1,4 +1,5 @@
-"""FedH2L: the strategy relays peers' posteriors without aggregating them, and the
+"""FedH2L: the strategy has each agent gather its peers' posteriors without aggregating
+them (how they travel is the engine's choice: tests/test_peer_exchange.py), and the
 mutual-learning loss pulls an agent's posteriors towards its peers' while it learns its
 own labels."""
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from coordinator import strategies
-from coordinator.strategies.base import AgentInfo, Reply, RunContext, Strategy
+from coordinator.strategies.base import AgentInfo, Gather, Reply, RunContext, Strategy
 from edge_agent.training import soft_predictions, train_mutual
 from pfl_edge.errors import Rejection
 from pfl_edge.params import COMMON, resolve
@@ -35,40 +36,44 @@ def posteriors(seed: int) -> np.ndarray:
     return np.asarray(p / p.sum(axis=1, keepdims=True))
 
 
-def test_relays_each_agent_the_others_posteriors_in_agent_order() -> None:
+def test_each_agent_gathers_the_others_posteriors_in_agent_order() -> None:
     s = make(wire="int8")
     fleet = agents(3)
     first = s.begin_round(1, fleet)
-    assert {a: i.action for a, i in first.items()} == {
-        "a0": "predict",
-        "a1": "predict",
-        "a2": "predict",
+    assert {a: (i.action, i.share) for a, i in first.items()} == {
+        "a0": ("predict", "soft"),
+        "a1": ("predict", "soft"),
+        "a2": ("predict", "soft"),
     }
-    soft = {a.agent_id: posteriors(i) for i, a in enumerate(fleet)}
-    replies = {a: Reply("predict", {"soft": p}, {}) for a, p in reversed(soft.items())}
+    # Replies exchanged directly lack "soft": the strategy needs only who answered.
+    replies = {a.agent_id: Reply("predict", {}, {}) for a in reversed(fleet)}
     learn = s.end_phase(1, 0, replies)
     assert learn is not None
-    for agent, ins in learn.items():
-        assert ins.action == "learn" and ins.wire == "int8"
-        others = [p for a, p in soft.items() if a != agent]
-        np.testing.assert_array_equal(ins.tensors["peers"], np.concatenate(others))
-    assert s.end_phase(1, 1, {a: Reply("learn", {}, {"test_acc": 0.5}) for a in soft}) is None
+    assert {a: i.gather for a, i in learn.items()} == {
+        "a0": Gather("peers", "soft", ("a1", "a2")),
+        "a1": Gather("peers", "soft", ("a0", "a2")),
+        "a2": Gather("peers", "soft", ("a0", "a1")),
+    }
+    assert all(i.action == "learn" and i.wire == "int8" and not i.tensors for i in learn.values())
+    assert s.end_phase(1, 1, {a: Reply("learn", {}, {"test_acc": 0.5}) for a in learn}) is None
 
 
 def test_a_lone_agent_gets_no_peers() -> None:
     s = make()
     s.begin_round(1, agents(1))
     learn = s.end_phase(1, 0, {"a0": Reply("predict", {"soft": posteriors(0)}, {})})
-    assert learn is not None and learn["a0"].tensors == {}
+    assert learn is not None and learn["a0"].gather is None and learn["a0"].tensors == {}
 
 
 def test_refuses_uploads_that_are_not_posteriors() -> None:
     s = make()
     (agent,) = agents(1)
-    with pytest.raises(Rejection, match="lacks tensor 'soft'"):
-        s.validate(1, 0, agent, Reply("predict", {}, {}))
+    # Without "soft" it was exchanged directly; the engine refuses a mailbox reply without it.
+    s.validate(1, 0, agent, Reply("predict", {}, {}))
     with pytest.raises(Rejection, match="not 1"):
         s.validate(1, 0, agent, Reply("predict", {"soft": 3 * posteriors(0)}, {}))
+    with pytest.raises(Rejection, match="has shape"):
+        s.validate(1, 0, agent, Reply("predict", {"soft": posteriors(0)[:5]}, {}))
 
 
 def test_mutual_learning_pulls_towards_the_peers_and_learns_the_labels() -> None:

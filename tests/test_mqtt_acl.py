@@ -1,6 +1,7 @@
 """The broker's security as deployed: deploy/mosquitto/mosquitto.conf (TLS, passwords) with
 the deploy ACL file, against a real mosquitto. An agent can neither publish as another
-agent nor read another agent's inbox; the transports work within the rules."""
+agent (uploads, status, peer messages) nor read another agent's inbox; the transports,
+peer exchange included, work within the rules."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from coordinator.config import ConfigError, RunConfig, ServerSection
 from coordinator.service import broker_login
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.framing import Message
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.mqtt_client import MqttClientTransport
@@ -128,6 +130,7 @@ def test_agent_cannot_publish_into_another_agents_topics(
             (topics.frames_from("agent-b"), frame("agent-b")),
             (topics.status_of("agent-b"), mc.status(RUN, "agent-b", mc.OFFLINE, "forged")),
             (topics.peers("agent-b", "soft"), b"forged"),
+            (topics.peer_frames("agent-b"), frame("agent-b")),
             (topics.inbox("agent-b"), frame("agent-b")),
         ):
             assert rogue.publish(topic, payload).value == NOT_AUTHORIZED, topic
@@ -179,6 +182,23 @@ def test_transports_work_within_the_rules(
     assert inbound.next()[0] == "agent-a"
     a.close()  # its offline status is allowed too, so the coordinator learns of it
     assert inbound.disconnects.get(timeout=WAIT_S) == ("agent-a", "the agent closed its transport")
+
+
+def test_agents_exchange_peer_messages_within_the_rules(secure_mosquitto: SecureBroker) -> None:
+    a, b = agent(secure_mosquitto, "agent-a"), agent(secure_mosquitto, "agent-b")
+    try:
+        a.connect(WAIT_S)
+        b.connect(WAIT_S)
+        result = pb.Result(phase=0, action="predict")
+        a.send_to_peers(
+            Message(pb.Envelope(agent_id="agent-a", run_id=RUN, round=1, result=result))
+        )
+        got = b.recv_peer(WAIT_S)
+        assert got is not None and got.envelope.agent_id == "agent-a"
+        assert a.recv_peer(0.2) is None  # its own message does not come back
+    finally:
+        a.close()
+        b.close()
 
 
 def test_wrong_password_refused(secure_mosquitto: SecureBroker) -> None:

@@ -2,7 +2,8 @@
 in this process, agents as `pfl-agent run` processes. The broker restarts once round 1
 is done, and the run still completes with every round stored and every final report. A
 run through the deployed broker configuration logs in with passwords over TLS. FedH2L
-runs over MQTT with the coordinator as its mailbox."""
+over MQTT exchanges the agents' posteriors through the broker, agent to agent, while the
+coordinator keeps the round clock."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator import report
 from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
 from coordinator.service import RunningCoordinator, start
 from pfl_edge.broker import Broker
@@ -170,7 +172,9 @@ def test_run_logs_in_with_passwords_over_tls(
     assert list(finals) == ["agent-a"]
 
 
-def test_fedh2l_over_mqtt_relays_the_peers_posteriors(tmp_path: Path, mosquitto: Broker) -> None:
+def test_fedh2l_over_mqtt_exchanges_the_posteriors_agent_to_agent(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
     server = ServerSection(grpc="", mqtt=mosquitto.url)
     running = start(run_config(tmp_path, server, rounds=2, agents=AGENTS, algorithm="fedh2l"))
     agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -184,6 +188,8 @@ def test_fedh2l_over_mqtt_relays_the_peers_posteriors(tmp_path: Path, mosquitto:
             tmp_path,
         )
         rounds = running.store.rounds()
+        through_coordinator = dict(running.engine.tensor_bytes)
+        rep = report.build(running.store, running.meter, algorithm="fedh2l")
     finally:
         for p in agents.values():
             if p.poll() is None:
@@ -191,8 +197,21 @@ def test_fedh2l_over_mqtt_relays_the_peers_posteriors(tmp_path: Path, mosquitto:
                 p.wait()
         running.stop()
     assert [r.round for r in rounds] == [1, 2]
+    soft_bytes = 100 * 10  # int8 posteriors on the round's 100 public samples
     for r in rounds:
         m = r.metrics
         assert m["participants"] == AGENTS and m["mean_test_acc"] is not None
-        # Each agent uploads its posteriors once and downloads its two peers'.
-        assert 1.8 < m["tensor_bytes_down"] / m["tensor_bytes_up"] <= 2.0
+        # No posterior reached the coordinator: only each agent's used-peer flags (2 bytes).
+        assert through_coordinator[r.round] == [AGENTS * 2, 0]
+        # Each agent published its posteriors once and got its two peers' from the broker.
+        assert 1.9 < m["peer_bytes_down"] / m["peer_bytes_up"] <= 2.0
+        assert m["peer_bytes_up"] > AGENTS * soft_bytes
+        assert m["bytes_up"] - m["peer_bytes_up"] < AGENTS * soft_bytes  # the coordinator's
+        assert 1.9 < m["tensor_bytes_down"] / m["tensor_bytes_up"] <= 2.0
+    for a in rep["agents"]:
+        assert len(a["test_acc_per_round"]) == 2 and None not in a["test_acc_per_round"]
+        assert a["peer_bytes_up"] > 2 * soft_bytes and a["peer_bytes_down"] > 4 * soft_bytes
+        assert a["bytes_up"] > a["peer_bytes_up"] and a["bytes_down"] > a["peer_bytes_down"]
+    for i in range(AGENTS):
+        log = (tmp_path / f"agent-{i}.log").read_text(errors="replace")
+        assert "no 'soft' from peer" not in log

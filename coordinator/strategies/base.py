@@ -40,6 +40,16 @@ class RunContext:
     seed: int
 
 
+@dataclass(frozen=True)
+class Gather:
+    """Task tensor `name` = the concatenation (first axis), in this order, of tensor
+    `source` of `agents`' replies to the previous phase, whose instructions shared it."""
+
+    name: str
+    source: str
+    agents: tuple[str, ...]
+
+
 @dataclass
 class Instruction:
     action: str
@@ -47,6 +57,13 @@ class Instruction:
     params: dict[str, Scalar] = field(default_factory=dict)
     wire: WireFormat | None = None
     """Encoding for float tensors; None keeps float32."""
+    share: str | None = None
+    """Name of a reply tensor the next phase gathers. Where the agents reach each other
+    (all on MQTT) they exchange it directly and the reply reaching `validate` and
+    `end_phase` lacks it (the gathering agents check it); otherwise the coordinator keeps
+    it as a mailbox and the reply must hold it."""
+    gather: Gather | None = None
+    """A tensor assembled from other agents' shared tensors (by them or by the coordinator)."""
 
 
 @dataclass
@@ -54,6 +71,38 @@ class Reply:
     action: str
     tensors: dict[str, np.ndarray]
     metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """A named matrix of the strategy's state, for people to look at (KT-pFL's c).
+
+    Immutable: the matrix is copied to a read-only float64 array and the labels to
+    tuples, so it can be handed to other threads (the coordinator's HTTP endpoint).
+    """
+
+    matrix: np.ndarray
+    rows: Sequence[str]
+    """Label of each row (agent ids for agent-by-agent matrices)."""
+    columns: Sequence[str]
+    description: str = ""
+    """What an entry means, e.g. "c[m, n]: weight of teacher m (row) for student n"."""
+    row_title: str = "row"
+    column_title: str = "column"
+    """Axis titles of the heatmap."""
+
+    def __post_init__(self) -> None:
+        matrix = np.array(self.matrix, dtype=np.float64)
+        rows, columns = tuple(map(str, self.rows)), tuple(map(str, self.columns))
+        if matrix.shape != (len(rows), len(columns)):
+            raise ValueError(
+                f"inspection matrix has shape {list(matrix.shape)} for "
+                f"{len(rows)} row and {len(columns)} column labels"
+            )
+        matrix.setflags(write=False)
+        object.__setattr__(self, "matrix", matrix)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "columns", columns)
 
 
 class Strategy(abc.ABC):
@@ -98,6 +147,12 @@ class Strategy(abc.ABC):
 
     def summary(self) -> dict[str, float]:
         """A few numbers about the strategy's own state for the round's report."""
+        return {}
+
+    def inspect(self) -> dict[str, Inspection]:
+        """Named matrices of the strategy's state after the last completed round (the
+        coordinator saves them each round, draws them and serves them over HTTP); the
+        default has none. Called on the engine thread only."""
         return {}
 
 

@@ -30,7 +30,13 @@ from typing import ClassVar
 import numpy as np
 
 from coordinator.strategies import ktpfl_math as km
-from coordinator.strategies.base import AgentInfo, Instruction, Reply, RunContext
+from coordinator.strategies.base import (
+    AgentInfo,
+    Inspection,
+    Instruction,
+    Reply,
+    RunContext,
+)
 from coordinator.strategies.soft_targets import SoftTargetStrategy
 from pfl_edge.values import Scalar
 
@@ -99,6 +105,22 @@ class KTPFL(SoftTargetStrategy):
     def coefficients(self) -> tuple[np.ndarray, list[str]]:
         """A copy of c ([teacher m, student n]) and the agent ids of its rows and columns."""
         return self.c.copy(), list(self.agent_ids)
+
+    def inspect(self) -> dict[str, Inspection]:
+        """{"c": c with the agent ids as row (teacher) and column (student) labels}."""
+        if not self.agent_ids:
+            return {}
+        return {
+            "c": Inspection(
+                self.c,
+                self.agent_ids,
+                self.agent_ids,
+                "knowledge coefficients c[m, n]: weight of teacher m (row) in the soft "
+                "target of student n (column); columns sum to 1",
+                row_title="teacher m",
+                column_title="student n (column: weights of its teachers)",
+            )
+        }
 
     def state(self) -> dict[str, np.ndarray]:
         return {"c": self.c.copy(), "agent_ids": np.array(self.agent_ids, dtype=np.str_)}

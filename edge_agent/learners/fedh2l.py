@@ -1,6 +1,7 @@
-"""FedH2L learner: posteriors on the round's public batch up; then cross-entropy on private
-data plus `mutual_lambda` times the mean KL from the peers' posteriors (relayed by the
-coordinator) to its own, on the same batch."""
+"""FedH2L learner: posteriors on the round's public batch (shared with the peers); then
+cross-entropy on private data plus `mutual_lambda` times the mean KL from the peers'
+posteriors to its own, on the same batch. Whether the peers' posteriors came straight
+from them (MQTT) or through the coordinator (gRPC), the runtime hands them over alike."""
 
 from __future__ import annotations
 

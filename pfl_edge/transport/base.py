@@ -58,6 +58,8 @@ class ServerTransport(abc.ABC):
     """Coordinator end: serves many agents."""
 
     name: str
+    supports_peer_exchange: bool = False
+    """Whether its agents' client transports reach each other (`ClientTransport.send_to_peers`)."""
 
     @abc.abstractmethod
     def start(self, inbound: Inbound) -> None: ...
@@ -76,9 +78,11 @@ class ServerTransport(abc.ABC):
 
 
 class ClientTransport(abc.ABC):
-    """Agent end: one duplex link to the coordinator."""
+    """Agent end: one duplex link to the coordinator, and on some transports to the
+    other agents of the run as well (`supports_peer_exchange`)."""
 
     name: str
+    supports_peer_exchange: bool = False
 
     @abc.abstractmethod
     def connect(self, timeout_s: float) -> None:
@@ -94,6 +98,16 @@ class ClientTransport(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def send_to_peers(self, msg: Message) -> None:
+        """Send one message to every other agent of the run; the envelope's agent_id must be
+        this agent's. Raises TransportClosed; NotImplementedError without peer exchange."""
+        raise NotImplementedError(f"{self.name} transport cannot reach other agents")
+
+    def recv_peer(self, timeout_s: float | None) -> Message | None:
+        """Next message another agent sent with `send_to_peers` (checked: the envelope's
+        agent_id is the authenticated sender's, the run is ours), or None after `timeout_s`."""
+        raise NotImplementedError(f"{self.name} transport cannot reach other agents")
 
 
 class Inbox:

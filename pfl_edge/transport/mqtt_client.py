@@ -7,11 +7,20 @@ coordinator refused a message (an Error envelope: `refused`, with its code), whe
 reported this agent disconnected meanwhile and asks it to register again (an Error
 without code: not `refused`), when a coordinator announces its start (not `refused`:
 register again), or when the broker stays out of reach for `reconnect_deadline_s`.
+
+Peer exchange: `send_to_peers` publishes a message, framed and counted as uplink is, on
+pfl/<run>/peers/<agent>/frames; every agent of the run subscribes to the others' (No
+Local: not its own), reassembles each sender's frames apart, with sizes checked before
+allocation, and queues for `recv_peer` only messages whose envelope names the sender of
+the topic (authenticated by the broker's ACL) and this run. Anything else is dropped and
+logged. Peer traffic is counted as kind `peer` under this agent's id, by the round its
+envelope names.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 from google.protobuf.message import DecodeError
@@ -19,7 +28,8 @@ from google.protobuf.message import DecodeError
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler, kind_of
+from pfl_edge.peer_exchange import PEER_KIND
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import ClientTransport, Inbox, TransportClosed, record, record_sent
 from pfl_edge.v1 import messages_pb2 as pb
@@ -32,6 +42,7 @@ CLOSE_FLUSH_SECONDS = 2.0
 
 class MqttClientTransport(ClientTransport):
     name = "mqtt"
+    supports_peer_exchange = True
 
     def __init__(
         self,
@@ -58,6 +69,9 @@ class MqttClientTransport(ClientTransport):
         self._status_topic = topics.status_of(agent_id)
         self._inbox_topic = topics.inbox(agent_id)
         self._presence_topic = topics.coordinator_presence
+        self._topics = topics
+        self._peer_topic = topics.peer_frames(agent_id)
+        self._all_peers_topic = topics.all_peer_frames
         self._framer = Framer(chunk_bytes)
         self._chunk_bytes = chunk_bytes
         self._max_message_bytes = max_message_bytes
@@ -69,6 +83,8 @@ class MqttClientTransport(ClientTransport):
         self._resume = False
         self._inbox = Inbox()
         self._reassembler = Reassembler(max_message_bytes)
+        self._peer_reassemblers: dict[str, Reassembler] = {}
+        self._peer_inbox: queue.Queue[Message] = queue.Queue()
         self._give_up: threading.Timer | None = None
         self._give_up_lock = threading.Lock()
 
@@ -81,12 +97,14 @@ class MqttClientTransport(ClientTransport):
         (with what the broker queued for it)."""
         self.close()
         self._inbox, self._reassembler = Inbox(), Reassembler(self._max_message_bytes)
+        self._peer_reassemblers = {}
         session = mc.Session(
             self._host,
             self._port,
             mc.agent_client_id(self._run_id, self._agent_id),
-            subscriptions=[self._inbox_topic, self._presence_topic],
+            subscriptions=[self._inbox_topic, self._presence_topic, self._all_peers_topic],
             on_message=self._on_message,
+            no_local=[self._all_peers_topic],
             auth=self._auth,
             largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
             will=self._status(mc.OFFLINE, "connection to the broker lost (last will)"),
@@ -112,6 +130,24 @@ class MqttClientTransport(ClientTransport):
         session.publish(self._frames_topic, *raws)
         wire = sum(mc.wire_bytes(self._frames_topic, len(r)) for r in raws)
         record_sent(self._meter, "up", msg.envelope, wire, len(raws))
+
+    def send_to_peers(self, msg: Message) -> None:
+        session = self._session
+        if self._inbox.closed is not None or session is None:
+            raise self._inbox.closed or TransportClosed("not connected")
+        env = msg.envelope
+        if env.agent_id != self._agent_id:
+            raise ValueError(f"agent {self._agent_id} cannot send for {env.agent_id!r}")
+        raws = list(self._framer.frames(msg))
+        session.publish(self._peer_topic, *raws)
+        wire = sum(mc.wire_bytes(self._peer_topic, len(r)) for r in raws)
+        self._meter.record(self._agent_id, env.round, "up", PEER_KIND, wire, len(raws))
+
+    def recv_peer(self, timeout_s: float | None) -> Message | None:
+        try:
+            return self._peer_inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
 
     def send_raw(self, payload: bytes) -> None:
         """Publish bytes on the frames topic as one message, unchecked (for tests of bad input)."""
@@ -143,6 +179,9 @@ class MqttClientTransport(ClientTransport):
         if topic == self._presence_topic:
             self._on_presence(payload)
             return
+        if topic != self._inbox_topic:
+            self._on_peer(topic, payload)
+            return
         try:
             received = self._reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
         except Rejection as r:
@@ -159,6 +198,41 @@ class MqttClientTransport(ClientTransport):
         else:
             refusal = Rejection(env.error.code, env.error.message)
             self._inbox.put(TransportClosed(f"coordinator refused: {refusal}", env.error.code))
+
+    def _on_peer(self, topic: str, payload: bytes) -> None:
+        sender = self._topics.peer_sender(topic)
+        if sender is None or sender == self._agent_id:
+            log.warning(
+                "ignored %d bytes on %s: not another agent's peer topic", len(payload), topic
+            )
+            return
+        reassembler = self._peer_reassemblers.get(sender)
+        if reassembler is None:
+            reassembler = self._peer_reassemblers[sender] = Reassembler(self._max_message_bytes)
+        try:
+            received = reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
+        except Rejection as r:
+            log.warning("dropped a frame from peer %s: %s", sender, r)
+            return
+        if received is None:
+            return
+        env = received.envelope
+        self._meter.record(
+            self._agent_id, env.round, "down", PEER_KIND, received.wire_bytes, received.frames
+        )
+        if env.agent_id != sender or env.run_id != self._run_id or kind_of(env) != "result":
+            log.warning(
+                "dropped a message from peer %s: a %s of agent %r in run %r (expected a result "
+                "of %s in run %r)",
+                sender,
+                kind_of(env),
+                env.agent_id,
+                env.run_id,
+                sender,
+                self._run_id,
+            )
+            return
+        self._peer_inbox.put(received.message)
 
     def _on_presence(self, payload: bytes) -> None:
         env = pb.Envelope()

@@ -8,11 +8,15 @@ Topic layout (`<run>` and `<agent>` pass `check_id`):
     pfl/<run>/to/<agent>/frames     coordinator -> agent: Frames (an Error envelope too)
     pfl/<run>/broadcast/coordinator coordinator -> every agent: `connected` status
     pfl/<run>/broadcast/<name>      coordinator -> every agent (other names reserved)
-    pfl/<run>/peers/<agent>/<name>  agent -> other agents (reserved for FedH2L)
+    pfl/<run>/peers/<agent>/frames  agent -> every other agent: Frames (peer exchange)
+    pfl/<run>/peers/<agent>/<name>  agent -> every other agent (other names reserved)
 
 The broker's ACL (deploy/mosquitto/acl) lets an agent, whose username is its id, write
 only under from/<agent>/ and peers/<agent>/ and read only to/<agent>/, broadcast/ and
-peers/: the agent id in a `from` topic is authenticated, and is the sender's identity.
+peers/: the agent id in a `from` or `peers` topic is authenticated, and is the sender's
+identity. The coordinator does not subscribe to peers/: what agents exchange there (a
+tensor a strategy shares, see pfl_edge.peer_exchange) never passes it; it only keeps
+the round clock.
 
 Every message is QoS 1 on an MQTT 5 session that outlives the connection (clean start
 off, `SESSION_EXPIRY_SECONDS`), so what is published while a side is away is queued by
@@ -36,7 +40,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec
@@ -46,6 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pfl_edge.constants import (
     CHUNK_BYTES,
@@ -84,7 +89,7 @@ RECONNECT_MAX_SECONDS = int(RETRY_MAX_SECONDS)
 FRAME_SLACK_BYTES = MAX_CHUNK_FRAME_BYTES - CHUNK_BYTES
 """Room above the chunk size for a frame's own header."""
 
-MAX_TOPIC_BYTES = len(f"{ROOT}//from//frames") + 2 * MAX_ID_CHARS
+MAX_TOPIC_BYTES = len(f"{ROOT}//peers//frames") + 2 * MAX_ID_CHARS
 """Longest topic a frame is published on."""
 
 PUBACK_BYTES = 4
@@ -145,6 +150,27 @@ class Topics:
 
     def peers(self, agent_id: str, name: str) -> str:
         return f"{self.prefix}/peers/{check_id('agent', agent_id)}/{check_id('peers', name)}"
+
+    def peer_frames(self, agent_id: str) -> str:
+        """Where an agent publishes frames for the other agents."""
+        return self.peers(agent_id, "frames")
+
+    @property
+    def all_peer_frames(self) -> str:
+        """Subscription: every agent's frames for the other agents."""
+        return f"{self.prefix}/peers/+/frames"
+
+    def peer_sender(self, topic: str) -> str | None:
+        """The agent id of a peers/<agent>/frames topic of this run, else None."""
+        parts = topic.split("/")
+        if (
+            len(parts) != 5
+            or parts[:3] != [ROOT, self.run_id, "peers"]
+            or parts[4] != "frames"
+            or not _ID.fullmatch(parts[3])
+        ):
+            return None
+        return parts[3]
 
     @property
     def all_frames(self) -> str:
@@ -302,6 +328,7 @@ class Session:
         *,
         subscriptions: Sequence[str],
         on_message: Callable[[str, bytes], None],
+        no_local: Collection[str] = (),
         auth: Auth | None = None,
         largest_publish_bytes: int = 0,
         will: Announcement | None = None,
@@ -312,6 +339,8 @@ class Session:
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self._subscriptions = list(subscriptions)
+        self._no_local = frozenset(no_local)
+        """Subscriptions that do not deliver this client's own publishes (MQTT 5 No Local)."""
         self._on_message = on_message
         self._auth = auth or Auth()
         self._largest_publish_bytes = largest_publish_bytes
@@ -500,7 +529,12 @@ class Session:
         announce = self._back_online if self._ready.is_set() else self._online
         if self._subscriptions:
             # Always re-subscribe: a broker without persistence forgets the subscriptions.
-            _, mid = client.subscribe([(t, QOS) for t in self._subscriptions])
+            _, mid = client.subscribe(
+                [
+                    (t, SubscribeOptions(QOS, noLocal=t in self._no_local))
+                    for t in self._subscriptions
+                ]
+            )
             self._subscribe_mid = -1 if mid is None else mid
         else:
             self._up()

@@ -59,6 +59,8 @@ class _Peer:
 
 class MqttServerTransport(ServerTransport):
     name = "mqtt"
+    supports_peer_exchange = True
+    """Agents on the broker publish to each other on pfl/<run>/peers/ (not read here)."""
 
     def __init__(
         self,
