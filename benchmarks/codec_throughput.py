@@ -3,8 +3,8 @@
 Measures, for 1 MB .. 100 MB float32 tensors, encode+decode speed of each wire encoding
 (as messages carry them: data in a blob; decode ends with a float32 array),
 then a 100 MB tensor through pfl-edge's chunked gRPC stream beside a plain gRPC stream
-of 1 MiB bytes messages (the same loopback, the same run). Writes
-benchmarks/results/codec.json.
+of 1 MiB bytes messages (the same loopback, the same run, the two kinds of transfer taken
+alternately; medians). Writes benchmarks/results/codec.json.
 
     python benchmarks/codec_throughput.py [--sizes-mb 1 10 100] [--repeats 3]
 """
@@ -12,6 +12,7 @@ benchmarks/results/codec.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import platform
@@ -138,9 +139,10 @@ def _in_child(target: Callable[..., None], *args: Any) -> tuple[Any, int, Any]:
     return proc, int(ports.get(timeout=60)), stop
 
 
-def pfl_stream_s(size_mb: int, repeats: int) -> float:
-    """Seconds to move one tensor to another process through pfl-edge's gRPC transport
-    (encode, chunk with sha256, send, reassemble and verify, decode, acknowledge)."""
+@contextlib.contextmanager
+def pfl_stream(size_mb: int) -> Iterator[Callable[[], None]]:
+    """Moves one tensor to another process through pfl-edge's gRPC transport (encode,
+    chunk with CRC-32, send, reassemble and verify, decode, acknowledge)."""
     proc, port, stop = _in_child(_serve_pfl, size_mb)
     client = GrpcClientTransport(f"127.0.0.1:{port}", ByteMeter())
     client.connect(10)
@@ -158,17 +160,17 @@ def pfl_stream_s(size_mb: int, repeats: int) -> float:
             raise RuntimeError("no acknowledgement")
 
     try:
-        once()  # warm-up: flow-control windows grow
-        return timed(once, repeats)
+        yield once
     finally:
         client.close()
         stop.set()
         proc.join(10)
 
 
-def plain_stream_s(size_mb: int, repeats: int) -> float:
-    """Seconds to move the same bytes to another process as a plain gRPC stream of 1 MiB
-    bytes messages (the call returns when the server has read them all)."""
+@contextlib.contextmanager
+def plain_stream(size_mb: int) -> Iterator[Callable[[], None]]:
+    """Moves the same bytes to another process as a plain gRPC stream of 1 MiB bytes
+    messages (the call returns when the server has read them all)."""
     proc, port, stop = _in_child(_serve_plain)
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2 * CHUNK_BYTES)]
@@ -182,12 +184,27 @@ def plain_stream_s(size_mb: int, repeats: int) -> float:
         send(payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES))
 
     try:
-        once()
-        return timed(once, repeats)
+        yield once
     finally:
         channel.close()
         stop.set()
         proc.join(10)
+
+
+def transfer_s(size_mb: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds per transfer, pfl-edge and plain, taken alternately (one of each, `repeats`
+    times) so that both see the same load on a shared machine."""
+    ours: list[float] = []
+    plain: list[float] = []
+    with pfl_stream(size_mb) as pfl_once, plain_stream(size_mb) as plain_once:
+        pfl_once()  # warm-up: flow-control windows grow, receive buffers exist
+        plain_once()
+        for _ in range(repeats):
+            for once, times in ((pfl_once, ours), (plain_once, plain)):
+                start = time.perf_counter()
+                once()
+                times.append(time.perf_counter() - start)
+    return ours, plain
 
 
 def main() -> int:
@@ -197,30 +214,37 @@ def main() -> int:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--transfer-mb", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--transfer-repeats", type=int, default=7, help="timed transfers of each kind"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     print("codec (float32 input, decoded to float32):", flush=True)
     rows = codec_rows(args.sizes_mb, args.repeats)
     print(f"gRPC transfer of {args.transfer_mb} MB on loopback:", flush=True)
-    ours = pfl_stream_s(args.transfer_mb, args.repeats)
-    plain = plain_stream_s(args.transfer_mb, args.repeats)
+    ours_s, plain_s = transfer_s(args.transfer_mb, args.transfer_repeats)
+    ours, plain = statistics.median(ours_s), statistics.median(plain_s)
     transfer = {
         "size_mb": args.transfer_mb,
+        "transfers_each": args.transfer_repeats,
         "pfl_edge_mb_s": args.transfer_mb / ours,
         "plain_grpc_bytes_stream_mb_s": args.transfer_mb / plain,
         "ratio": plain / ours,
+        "pair_ratios": sorted(round(p / o, 3) for o, p in zip(ours_s, plain_s, strict=True)),
     }
     print(
         f"  pfl-edge chunked stream {transfer['pfl_edge_mb_s']:.0f} MB/s, plain gRPC bytes "
         f"stream {transfer['plain_grpc_bytes_stream_mb_s']:.0f} MB/s, ratio "
-        f"{transfer['ratio']:.2f} (target >= 0.5)",
+        f"{transfer['ratio']:.2f} (target >= 0.5; per pair {min(transfer['pair_ratios']):.2f}"
+        f" .. {max(transfer['pair_ratios']):.2f})",
         flush=True,
     )
     result = {
         "command": "python benchmarks/codec_throughput.py "
         + " ".join(
-            f"--sizes-mb {' '.join(map(str, args.sizes_mb))} --repeats {args.repeats}".split()
+            f"--sizes-mb {' '.join(map(str, args.sizes_mb))} --repeats {args.repeats} "
+            f"--transfer-repeats {args.transfer_repeats}".split()
         ),
         "machine": {
             "cpu": platform.processor() or platform.machine(),

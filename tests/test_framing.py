@@ -4,13 +4,20 @@ before allocation."""
 from __future__ import annotations
 
 import tracemalloc
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
 
 from pfl_edge import codec
+from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler, Received
+from pfl_edge.framing import Framer, Message, Reassembler, Received, blob_views
+from pfl_edge.transport.base import TransportClosed
+from pfl_edge.transport.grpc_client import GrpcClientTransport
+from pfl_edge.transport.grpc_server import OFFLOAD_FRAME_BYTES, GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
 
 CHUNK = 64 * 1024
@@ -91,7 +98,7 @@ def test_corrupted_chunk_fails_its_hash() -> None:
     frames = frames_of(big_message()[0])
     bad = bytearray(frames[2])
     bad[-10] ^= 0xFF
-    with pytest.raises(Rejection, match="sha256 mismatch"):
+    with pytest.raises(Rejection, match="crc32 mismatch"):
         feed_all([*frames[:2], bytes(bad)])
 
 
@@ -148,5 +155,129 @@ def test_chunk_frames_read_in_place_match_protobuf() -> None:
     r = Reassembler()
     r.feed(frames[0], 1)
     parsed = pb.Frame.FromString(frames[1]).chunk
-    assert parsed.blob == 1 and parsed.index == 0 and len(parsed.sha256) == 32
+    assert parsed.blob == 1 and parsed.index == 0 and parsed.crc32 == zlib.crc32(parsed.data)
     assert r.feed(frames[1], 1) is None  # accepted by the in-place reader
+
+
+def test_receive_buffer_reused_only_once_nothing_references_it() -> None:
+    def receive(scale: float) -> tuple[Received, np.ndarray]:
+        msg, a = big_message(300_001)  # a size of its own: the buffer pool is shared
+        a *= scale
+        last = feed_all(frames_of(msg), r)[-1]
+        assert last is not None
+        return last, a
+
+    def address(received: Received) -> int:
+        return int(np.asarray(received.message.blobs[0]).__array_interface__["data"][0])
+
+    r = Reassembler()
+    first, a = receive(1.0)
+    first_at = address(first)
+    held = codec.decode_many(first.envelope.result.tensors, first.message.blobs)["w"]
+    raw = np.asarray(first.message.blobs[0])[:64].copy()
+    sliced = np.asarray(first.message.blobs[0])[:64]  # a slice of the blob, not via codec
+    del first  # the decoded array and the slice still reference the buffer
+    second, _ = receive(2.0)
+    second_at = address(second)
+    assert second_at != first_at
+    np.testing.assert_array_equal(held, a)  # not overwritten by the second transfer
+    np.testing.assert_array_equal(sliced, raw)
+    del held, sliced, second
+    third, c = receive(3.0)
+    assert address(third) in (first_at, second_at)  # a buffer nothing references any more
+    out = codec.decode_many(third.envelope.result.tensors, third.message.blobs)["w"]
+    np.testing.assert_array_equal(out, c)
+
+
+class _Echo:
+    """Inbound that answers every message with the sizes of its blobs, and records ends."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.disconnects: list[str] = []
+
+    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+        self.messages.append(msg)
+        fut: Future[list[Message]] = Future()
+        sizes = [v.nbytes for v in blob_views(msg.blobs)]
+        fut.set_result([Message(pb.Envelope(agent_id=msg.envelope.agent_id, round=sum(sizes)))])
+        return fut
+
+    def on_disconnect(self, agent_id: str, reason: str) -> None:
+        self.disconnects.append(reason)
+
+
+@pytest.fixture
+def grpc_link() -> Iterator[tuple[_Echo, GrpcClientTransport]]:
+    inbound = _Echo()
+    server = GrpcServerTransport("127.0.0.1:0", ByteMeter(), chunk_bytes=CHUNK)
+    server.start(inbound)
+    client = GrpcClientTransport(f"127.0.0.1:{server.port}", ByteMeter(), chunk_bytes=CHUNK)
+    client.connect(10)
+    try:
+        yield inbound, client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_chunks_verified_off_the_event_loop_arrive_bit_exact(
+    grpc_link: tuple[_Echo, GrpcClientTransport],
+) -> None:
+    inbound, client = grpc_link
+    assert CHUNK >= OFFLOAD_FRAME_BYTES  # these chunk frames take the worker-thread path
+    for n in (300_000, 1000):  # many chunks, then one small enough to be a single frame
+        msg, a = big_message(n)
+        client.send(msg)
+        reply = client.recv(10)
+        assert reply is not None
+        assert reply.envelope.round == sum(v.nbytes for v in blob_views(msg.blobs))
+        got = inbound.messages[-1]
+        np.testing.assert_array_equal(
+            codec.decode_many(got.envelope.result.tensors, got.blobs)["w"], a
+        )
+
+
+def test_corrupted_chunk_over_grpc_ends_the_stream_with_data_loss(
+    grpc_link: tuple[_Echo, GrpcClientTransport],
+) -> None:
+    inbound, client = grpc_link
+    frames = frames_of(big_message()[0])
+    bad = bytearray(frames[3])
+    bad[-10] ^= 0xFF
+    for raw in (*frames[:3], bytes(bad), *frames[4:]):
+        try:
+            client.send_raw(raw)
+        except TransportClosed:
+            break  # the stream already ended: the frames left have nowhere to go
+    with pytest.raises(TransportClosed, match="crc32 mismatch") as err:
+        client.recv(10)
+    assert err.value.code == pb.ERROR_CODE_DATA_LOSS
+    assert not inbound.messages
+
+
+def test_send_after_the_stream_ended_raises_instead_of_waiting(
+    grpc_link: tuple[_Echo, GrpcClientTransport],
+) -> None:
+    _, client = grpc_link
+    client.send_raw(b"\xff\xfe this is not a frame")
+    with pytest.raises(TransportClosed, match="malformed frame"):
+        client.recv(10)
+    msg, _ = big_message()  # more frames than the outbox holds
+    with pytest.raises(TransportClosed, match="malformed frame"):
+        client.send(msg)
+
+
+def test_a_slice_of_a_received_blob_keeps_its_buffer_from_reuse() -> None:
+    r = Reassembler()
+    msg, _ = big_message(300_003)  # a size of its own: the buffer pool is shared
+    first = feed_all(frames_of(msg), r)[-1]
+    assert first is not None
+    sliced = np.asarray(first.message.blobs[0])[:4096]
+    kept = sliced.copy()
+    del first  # the slice alone references the buffer now
+    msg, _ = big_message(300_003)
+    np.asarray(msg.blobs[0])[:] = 7
+    second = feed_all(frames_of(msg), r)[-1]
+    assert second is not None
+    np.testing.assert_array_equal(sliced, kept)

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -15,11 +15,14 @@ import grpc
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler
+from pfl_edge.framing import Framer, Message, Reassembler, Received
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import Inbound, ServerTransport, record, record_sent
 
 log = logging.getLogger(__name__)
+
+OFFLOAD_FRAME_BYTES = 64 << 10
+"""Frames at least this large are verified and copied off the event loop."""
 
 _CLOSE = object()
 """Queue sentinel: end this agent's stream (a newer stream of the same agent replaced it)."""
@@ -48,6 +51,7 @@ class GrpcServerTransport(ServerTransport):
         self._lock = threading.Lock()
         self._inbound: Inbound | None = None
         self._port = 0
+        self._feeder: ThreadPoolExecutor | None = None
 
     @property
     def address(self) -> str:
@@ -60,6 +64,9 @@ class GrpcServerTransport(ServerTransport):
 
     def start(self, inbound: Inbound) -> None:
         self._inbound = inbound
+        # Verifies and copies the chunks of all streams (zlib.crc32 and memcpy mostly run
+        # without the GIL); each stream has at most one frame there at a time.
+        self._feeder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc-frames")
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -126,6 +133,8 @@ class GrpcServerTransport(ServerTransport):
         if self._thread is not None:
             self._thread.join(5)
         self._server = None
+        if self._feeder is not None:
+            self._feeder.shutdown(wait=False, cancel_futures=True)
 
     async def _connect(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -159,27 +168,54 @@ class GrpcServerTransport(ServerTransport):
         context: grpc.aio.ServicerContext[Any, Any],
         bound: list[str],
     ) -> None:
-        """Read frames until the agent closes; `bound` gets the agent id once registered."""
-        assert self._inbound is not None
+        """Read frames until the agent closes; `bound` gets the agent id once registered.
+
+        A large frame (a chunk) is fed to the reassembler in a worker thread, which verifies
+        its CRC-32 and copies it while this loop reads the next frame; frames are still fed
+        one at a time and in order, and each is fed before the next is."""
         reassembler = Reassembler(self._max_message_bytes)
-        while True:
-            raw = await context.read()
-            if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
-                return
-            received = reassembler.feed(raw, gc.wire_bytes(raw))
-            if received is None:
-                continue
-            record(self._meter, "up", received)
-            env = received.envelope
-            peer = bound[0] if bound else None
-            fut = self._inbound.on_message(peer, received.message)
-            registering = env.agent_id if peer is None and env.HasField("register") else None
-            # Runs in the coordinator's thread as it decides, so the replies are queued
-            # before anything it sends this agent afterwards.
-            fut.add_done_callback(
-                functools.partial(self._accepted, queue=queue, bound=bound, registering=registering)
-            )
-            await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[Received | None] | None = None
+        reading: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                reading = asyncio.ensure_future(context.read())
+                if pending is not None:
+                    fed, pending = pending, None
+                    await self._deliver(await fed, queue, bound)
+                    del fed  # its message: the blobs' buffers are reused once all let go
+                raw, reading = await reading, None
+                if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                wire = gc.wire_bytes(raw)
+                if len(raw) >= OFFLOAD_FRAME_BYTES:
+                    pending = loop.run_in_executor(self._feeder, reassembler.feed, raw, wire)
+                else:
+                    await self._deliver(reassembler.feed(raw, wire), queue, bound)
+        finally:  # when the stream ends early, nobody wants what is in flight
+            for fut in (reading, pending):
+                if fut is not None:
+                    fut.cancel()
+
+    async def _deliver(
+        self, received: Received | None, queue: asyncio.Queue[Any], bound: list[str]
+    ) -> None:
+        """Hand a complete message (if `received` is one) to the coordinator, and wait for
+        its decision."""
+        if received is None:
+            return
+        assert self._inbound is not None
+        record(self._meter, "up", received)
+        env = received.envelope
+        peer = bound[0] if bound else None
+        fut = self._inbound.on_message(peer, received.message)
+        registering = env.agent_id if peer is None and env.HasField("register") else None
+        # Runs in the coordinator's thread as it decides, so the replies are queued
+        # before anything it sends this agent afterwards.
+        fut.add_done_callback(
+            functools.partial(self._accepted, queue=queue, bound=bound, registering=registering)
+        )
+        await asyncio.wrap_future(fut)
 
     def _accepted(
         self,
