@@ -42,6 +42,7 @@ from pfl_edge.framing import Message
 from pfl_edge.transport.base import ClientTransport, ServerTransport
 from pfl_edge.transport.factory import client_for, server_for
 from pfl_edge.transport.grpc_server import GrpcServerTransport
+from pfl_edge.transport.mqtt_common import TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 
 RESULTS = Path(__file__).parent / "results" / "transport.json"
@@ -82,7 +83,8 @@ def _serve(url: str, max_message_bytes: int, ready: Any, stop: Any) -> None:
             "127.0.0.1:0", ByteMeter(), max_message_bytes=max_message_bytes
         )
     else:
-        server = server_for(url, ByteMeter(), run_id=RUN_ID, max_message_bytes=max_message_bytes)
+        options = TransportOptions(max_message_bytes=max_message_bytes)
+        server = server_for(url, ByteMeter(), run_id=RUN_ID, options=options)
     server.start(EchoInbound())
     ready.put(server.address)
     stop.wait()

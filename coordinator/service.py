@@ -19,7 +19,7 @@ from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import ServerTransport
 from pfl_edge.transport.factory import server_for
-from pfl_edge.transport.mqtt_common import Auth, login
+from pfl_edge.transport.mqtt_common import Auth, TransportOptions, login
 from pfl_edge.values import Scalar
 
 log = logging.getLogger("pfl_edge.coordinator")
@@ -134,11 +134,7 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
             url,
             meter,
             run_id=cfg.run.id,
-            chunk_bytes=cfg.server.chunk_bytes,
-            max_message_bytes=cfg.server.max_message_bytes,
-            username=auth.username,
-            password=auth.password,
-            tls=auth.tls,
+            options=TransportOptions(cfg.server.chunk_bytes, cfg.server.max_message_bytes, auth),
         )
         t.start(engine.attach(t))
         transports.append(t)

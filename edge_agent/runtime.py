@@ -21,9 +21,10 @@ from edge_agent import learners, training
 from edge_agent.learners.base import Learner, LearnerContext, LearnerReply, Span, TaskView
 from edge_agent.models import build_model, parameter_count
 from edge_agent.onnx_export import export_onnx
+from edge_agent.peers import PeerExchange
 from pfl_edge import codec, public_data
 from pfl_edge import peer_exchange as px
-from pfl_edge.accounting import ByteMeter, Direction
+from pfl_edge.accounting import ByteMeter
 from pfl_edge.data._npz import load_npz_arrays, save_npz_atomic
 from pfl_edge.data.fetch import default_cache_dir
 from pfl_edge.data.partition import ClientData, load_client
@@ -32,7 +33,7 @@ from pfl_edge.framing import Message, kind_of
 from pfl_edge.retry import retry
 from pfl_edge.transport.base import ClientTransport, TransportClosed
 from pfl_edge.transport.factory import client_for
-from pfl_edge.transport.mqtt_common import Auth
+from pfl_edge.transport.mqtt_common import Auth, TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.values import Scalar, from_values
 
@@ -98,14 +99,7 @@ class Agent:
         self.public: np.ndarray | None = None
         self.pending: list[Message] = []
         self.sent: dict[tuple[int, int], Message] = {}
-        self.peer_sent: dict[tuple[int, int], Message] = {}
-        """What this agent published to its peers, by (round, phase), to publish again."""
-        self.peer_messages: dict[tuple[int, str], Message] = {}
-        """What peers published, by (exchange, sender); kept across reconnects."""
-        self.shared_shapes: dict[tuple[int, str], tuple[int, tuple[int, ...]]] = {}
-        """(round, shape) of what this agent shared, by (exchange, name): peers' must match."""
-        self.peer_tensor_bytes: dict[int, list[int]] = {}
-        """Tensor content bytes exchanged with peers, [up, down] by round."""
+        self.peers = PeerExchange(opts.agent_id, opts.run_id, self.meter)
         self.transport: ClientTransport | None = None
         self.final: dict[str, float] = {}
         self._seq = 0
@@ -145,15 +139,12 @@ class Agent:
 
     def _session(self) -> None:
         """One connection, until the run is over. Raises TransportClosed."""
-        login = self.opts.mqtt_login or Auth()
         t = client_for(
             self.opts.coordinator,
             self.meter,
             agent_id=self.opts.agent_id,
             run_id=self.opts.run_id,
-            username=login.username,
-            password=login.password,
-            tls=login.tls,
+            options=TransportOptions(login=self.opts.mqtt_login or Auth()),
         )
         self.transport = t
         self.registered = False
@@ -275,13 +266,11 @@ class Agent:
         env = msg.envelope
         task = env.task
         key = (env.round, task.phase)
-        self._take_peer_messages(env.round)
+        self.peers.take(self.transport, env.round)
         if key in self.sent:
             log.info("round %d phase %d asked again; resending the answer", *key)
             assert self.transport is not None
-            shared = self.peer_sent.get(key)
-            if shared is not None:
-                self.transport.send_to_peers(shared)
+            self.peers.share_again(self.transport, key)
             again = self.sent[key]
             self._seq += 1
             again.envelope.seq = self._seq  # a new message: the coordinator drops repeats
@@ -304,7 +293,7 @@ class Agent:
                 log.error("round %d: unusable task from the coordinator: %s", env.round, exc)
                 return
             if gather is not None:
-                part, gathered = self._gather(env.round, gather)
+                part, gathered = self.peers.gather(self.transport, env.round, gather)
                 if part is not None:
                     tensors[gather.name] = part
             view = TaskView(
@@ -321,11 +310,13 @@ class Agent:
         out, metrics = dict(reply.tensors), dict(reply.metrics)
         share = framework.get(px.SHARE)
         if share is not None:
-            self._share(env, str(share), int(framework[px.EXCHANGE]), out, wire)
+            assert self.transport is not None
+            exchange = int(framework[px.EXCHANGE])
+            self.peers.share(self.transport, env, str(share), exchange, out, wire)
         if gathered is not None:
             out[px.GATHERED] = gathered
         if share is not None or gathered is not None:
-            metrics.update(self._peer_metrics(env.round))
+            metrics.update(self.peers.metrics(env.round))
         blobs: codec.Blobs = []
         result = pb.Result(
             phase=task.phase,
@@ -339,136 +330,6 @@ class Agent:
         acc = reply.metrics.get("test_acc")
         if acc is not None:
             log.info("round %d: test accuracy %.4f", env.round, acc)
-
-    # Peer exchange (pfl_edge.peer_exchange): tensors that go agent to agent.
-
-    def _share(
-        self, env: pb.Envelope, name: str, exchange: int, out: dict[str, np.ndarray], wire: str
-    ) -> None:
-        """Publish reply tensor `name` to the other agents and take it out of `out`."""
-        t = self.transport
-        assert t is not None
-        if name not in out or not t.supports_peer_exchange:
-            log.error(
-                "round %d: cannot share %r with the peers (%s)",
-                env.round,
-                name,
-                "the learner did not return it" if name in out else f"{t.name} cannot",
-            )
-            return
-        array = out.pop(name)
-        blobs: codec.Blobs = []
-        tensors = codec.encode_many({name: array}, wire, blobs)  # type: ignore[arg-type]
-        result = pb.Result(
-            phase=env.task.phase,
-            action=env.task.action,
-            tensors=tensors,
-            metrics={px.EXCHANGE: float(exchange)},
-        )
-        msg = Message(
-            pb.Envelope(
-                agent_id=self.opts.agent_id, run_id=self.opts.run_id, round=env.round, result=result
-            ),
-            blobs,
-        )
-        self.peer_sent[(env.round, env.task.phase)] = msg
-        self.shared_shapes[(exchange, name)] = (env.round, array.shape)
-        self._peer_tensor_bytes(env.round)[0] += sum(codec.encoded_bytes(x, blobs) for x in tensors)
-        t.send_to_peers(msg)
-
-    def _take_peer_messages(self, rnd: int, timeout_s: float = 0.0) -> None:
-        """Move what peers sent from the transport into `peer_messages` (waiting up to
-        `timeout_s` for the first), and forget the exchanges of rounds before `rnd - 1`."""
-        t = self.transport
-        if t is not None and t.supports_peer_exchange:
-            msg = t.recv_peer(timeout_s)
-            while msg is not None:
-                self._keep_peer_message(msg)
-                msg = t.recv_peer(0)
-        for k in [k for k, m in self.peer_messages.items() if m.envelope.round + 1 < rnd]:
-            del self.peer_messages[k]
-        for r in [r for r in self.peer_tensor_bytes if r + 1 < rnd]:
-            del self.peer_tensor_bytes[r]
-        for k in [k for k, (r, _) in self.shared_shapes.items() if r + 1 < rnd]:
-            del self.shared_shapes[k]
-
-    def _keep_peer_message(self, msg: Message) -> None:
-        env = msg.envelope
-        exchange = env.result.metrics.get(px.EXCHANGE)
-        self._peer_tensor_bytes(env.round)[1] += sum(
-            codec.encoded_bytes(x, msg.blobs) for x in env.result.tensors
-        )
-        if exchange is None:
-            log.warning("dropped a message of peer %s: it names no exchange", env.agent_id)
-            return
-        self.peer_messages[(int(exchange), env.agent_id)] = msg
-
-    def _gather(self, rnd: int, spec: px.GatherSpec) -> tuple[np.ndarray | None, np.ndarray]:
-        """The tensor a gather asks for from the peers' messages (waiting up to its
-        `wait_s` for missing ones), and one flag per agent of the gather: 1 where used."""
-        deadline = time.monotonic() + spec.wait_s
-        t = self.transport
-        while t is not None and t.supports_peer_exchange:
-            missing = [a for a in spec.agents if (spec.exchange, a) not in self.peer_messages]
-            left = deadline - time.monotonic()
-            if not missing or left <= 0:
-                break
-            self._take_peer_messages(rnd, min(left, 1.0))
-        own = self.shared_shapes.get((spec.exchange, spec.source))
-        reference = None if own is None else own[1]
-        parts, used = [], np.zeros(len(spec.agents), np.uint8)
-        for i, agent in enumerate(spec.agents):
-            msg = self.peer_messages.get((spec.exchange, agent))
-            if msg is None:
-                log.warning("round %d: no %r from peer %s in time", rnd, spec.source, agent)
-                continue
-            try:
-                arrays = codec.decode_many(
-                    msg.envelope.result.tensors, msg.blobs, require_finite=True
-                )
-            except Rejection as r:
-                log.warning("round %d: unusable %r from peer %s: %s", rnd, spec.source, agent, r)
-                continue
-            arr = arrays.get(spec.source)
-            if arr is None or arr.ndim == 0 or (reference is not None and arr.shape != reference):
-                got = "nothing" if arr is None else f"shape {list(arr.shape)}"
-                log.warning(
-                    "round %d: peer %s sent %s as %r%s",
-                    rnd,
-                    agent,
-                    got,
-                    spec.source,
-                    "" if reference is None else f", expected shape {list(reference)}",
-                )
-                continue
-            reference = arr.shape
-            parts.append(arr)
-            used[i] = 1
-        return (np.concatenate(parts) if parts else None), used
-
-    def _peer_tensor_bytes(self, rnd: int) -> list[int]:
-        return self.peer_tensor_bytes.setdefault(rnd, [0, 0])
-
-    def _peer_metrics(self, rnd: int) -> dict[str, float]:
-        """This agent's peer traffic of round `rnd` so far, for the coordinator's report."""
-
-        def wire(direction: Direction) -> float:
-            return float(
-                self.meter.total(
-                    agent_id=self.opts.agent_id,
-                    round_=rnd,
-                    direction=direction,
-                    kinds=[px.PEER_KIND],
-                )
-            )
-
-        up, down = self._peer_tensor_bytes(rnd)
-        return {
-            px.BYTES_UP: wire("up"),
-            px.BYTES_DOWN: wire("down"),
-            px.TENSOR_BYTES_UP: float(up),
-            px.TENSOR_BYTES_DOWN: float(down),
-        }
 
     def _finish(self) -> LearnerReply:
         start = time.time()

@@ -108,30 +108,17 @@ def run_demo(args: argparse.Namespace) -> int:
         for i, path in enumerate(paths):
             agent_id = f"agent-{i:02d}"
             agent_log = out / "logs" / f"{agent_id}.log"
-            cmd = [
-                sys.executable,
-                "-m",
-                "edge_agent.cli",
-                "run",
-                "--coordinator",
+            cmd = agent_command(
                 agent_url,
+                agent_id,
+                models[i % len(models)],
+                path,
+                out / "agents" / agent_id,
                 "--run-id",
                 run_id,
-                "--model",
-                models[i % len(models)],
-                "--data",
-                str(path),
-                "--agent-id",
-                agent_id,
-                "--out",
-                str(out / "agents" / agent_id),
-                "--cache-dir",
-                str(out / "agents" / agent_id / "cache"),
-                "--threads",
-                "1",
                 "--seed",
                 str(args.seed),
-            ]
+            )
             procs.append((agent_id, _spawn(cmd, agent_log), agent_log))
         rc = _wait(procs, args.timeout)
         counts = proxy.counts()
@@ -180,6 +167,34 @@ local_epochs = {args.local_epochs}
 wire = "{args.wire}"
 seed = {args.seed}
 """
+
+
+def agent_command(
+    coordinator: str, agent_id: str, model: str, data: Path, workdir: Path, *extra: str
+) -> list[str]:
+    """The `pfl-agent run` command of one agent on one thread, its outputs and cache
+    under `workdir`; `extra` are further options."""
+    return [
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "run",
+        "--coordinator",
+        coordinator,
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--agent-id",
+        agent_id,
+        "--out",
+        str(workdir),
+        "--cache-dir",
+        str(workdir / "cache"),
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def _spawn(cmd: list[str], log_path: Path, echo: bool = False) -> subprocess.Popen[bytes]:

@@ -1,9 +1,13 @@
-"""A real coordinator (engine + gRPC server + SQLite) in the test process, and a scripted
-agent that speaks the wire protocol by hand, so tests can send exactly what they mean."""
+"""A real coordinator (engine + gRPC server + SQLite) in the test process, a scripted
+agent that speaks the wire protocol by hand, so tests can send exactly what they mean,
+and real agents as `pfl-agent run` processes (`AgentProcesses`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import argparse
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +19,7 @@ from coordinator.config import PublicSection, RunConfig, RunSection, ServerSecti
 from coordinator.service import RunningCoordinator, start
 from pfl_edge import codec, public_data
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.demo import agent_command
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
@@ -100,13 +105,15 @@ class ScriptedAgent:
             )
         )
 
-    def register(self, num_classes: int = NUM_CLASSES) -> pb.RunConfig:
+    def register(
+        self, num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = SAMPLE_SHAPE
+    ) -> pb.RunConfig:
         self.send(
             register=pb.Register(
                 model=pb.ModelInfo(
                     architecture="scripted",
                     parameter_count=1000,
-                    input_shape=list(SAMPLE_SHAPE),
+                    input_shape=list(input_shape),
                     num_classes=num_classes,
                 ),
                 num_train_samples=100,
@@ -167,3 +174,67 @@ def public_indices(task_env: pb.Envelope, num_samples: int) -> np.ndarray:
 
 def with_run(cfg: RunConfig, **run: Any) -> RunConfig:
     return replace(cfg, run=replace(cfg.run, **run))
+
+
+def mnist_partitions(out: Path, agents: int) -> list[Path]:
+    """MNIST train data for `agents` agents under `out`: Dirichlet(0.5), 120 samples each."""
+    from pfl_edge.cli import write_partitions
+
+    args = argparse.Namespace(
+        dataset="mnist",
+        agents=agents,
+        noniid="dirichlet",
+        alpha=0.5,
+        classes_per_agent=2,
+        samples_per_agent=120,
+        test_fraction=0.25,
+        seed=0,
+    )
+    return write_partitions(args, out)
+
+
+class AgentProcesses:
+    """`pfl-agent run` processes, each logging to <tmp>/<agent id>.log with its outputs
+    under <tmp>/<agent id>/; those still running are killed on leaving the `with`."""
+
+    def __init__(self, tmp: Path, wait_s: float) -> None:
+        self.tmp = tmp
+        self.wait_s = wait_s
+        """Upper bound of each wait."""
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __enter__(self) -> AgentProcesses:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def spawn(
+        self, coordinator: str, agent_id: str, data: Path, *extra: str, model: str = "lenet5"
+    ) -> None:
+        cmd = agent_command(coordinator, agent_id, model, data, self.tmp / agent_id, *extra)
+        with (self.tmp / f"{agent_id}.log").open("wb") as log:
+            self.procs[agent_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, agent_id: str) -> str:
+        return (self.tmp / f"{agent_id}.log").read_text(errors="replace")
+
+    def wait_until(self, cond: Callable[[], bool], what: str) -> None:
+        """Wait for `cond`; fail at once when an agent process exits with an error."""
+        deadline = time.monotonic() + self.wait_s
+        while not cond():
+            failed = [a for a, p in self.procs.items() if p.poll() not in (None, 0)]
+            if failed:
+                raise AssertionError(
+                    f"{failed[0]} failed while waiting for {what}:\n{self.log(failed[0])}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {self.wait_s} s waiting for {what}")
+            time.sleep(0.05)
+
+    def wait_for_exit(self) -> None:
+        """Wait until every agent has exited successfully."""
+        self.wait_until(lambda: all(p.poll() == 0 for p in self.procs.values()), "the agents' exit")

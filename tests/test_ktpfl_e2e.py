@@ -5,13 +5,8 @@ c with the 4 agent ids while the run is up."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +16,8 @@ import pytest
 from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
 from coordinator.inspection import csv_path, heatmap_path, read_csv
 from coordinator.service import start
-from pfl_edge.cli import write_partitions
 from pfl_edge.transport.grpc_server import GrpcServerTransport
+from tests.harness import AgentProcesses, mnist_partitions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -32,21 +27,6 @@ MODELS = ("lenet5", "alexnet_small")
 WAIT_S = 180.0
 
 
-def wait_until(
-    cond: Callable[[], bool], what: str, agents: dict[str, subprocess.Popen[bytes]], tmp: Path
-) -> None:
-    """Wait for `cond`; fail at once when an agent process exits with an error."""
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        failed = [a for a, p in agents.items() if p.poll() not in (None, 0)]
-        if failed:
-            log = (tmp / f"{failed[0]}.log").read_text(errors="replace")
-            raise AssertionError(f"{failed[0]} failed while waiting for {what}:\n{log}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
@@ -54,19 +34,7 @@ def get_json(url: str) -> Any:
 
 
 def test_ktpfl_run_over_grpc_saves_draws_and_serves_c(tmp_path: Path) -> None:
-    parts = write_partitions(
-        argparse.Namespace(
-            dataset="mnist",
-            agents=AGENTS,
-            noniid="dirichlet",
-            alpha=0.5,
-            classes_per_agent=2,
-            samples_per_agent=120,
-            test_fraction=0.25,
-            seed=0,
-        ),
-        tmp_path / "data",
-    )
+    parts = mnist_partitions(tmp_path / "data", AGENTS)
     out = tmp_path / "out"
     cfg = RunConfig(
         run=RunSection(
@@ -85,54 +53,22 @@ def test_ktpfl_run_over_grpc_saves_draws_and_serves_c(tmp_path: Path) -> None:
     grpc = running.transport("grpc")
     assert isinstance(grpc, GrpcServerTransport) and running.http is not None
     base = running.http.address
-    agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for i, data in enumerate(parts):
-            agent_id = f"agent-{i}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "edge_agent.cli",
-                "run",
-                "--coordinator",
-                f"grpc://127.0.0.1:{grpc.port}",
-                "--model",
-                MODELS[i % len(MODELS)],
-                "--data",
-                str(data),
-                "--agent-id",
-                agent_id,
-                "--out",
-                str(tmp_path / agent_id),
-                "--cache-dir",
-                str(tmp_path / agent_id / "cache"),
-                "--threads",
-                "1",
-            ]
-            with (tmp_path / f"{agent_id}.log").open("wb") as log:
-                agents[agent_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(
-            lambda: get_json(base + "/inspect")["round"] == ROUNDS,
-            f"c of round {ROUNDS} on the endpoint",
-            agents,
-            tmp_path,
-        )
-        served = get_json(base + "/inspect/c")
-        status = get_json(base + "/status")
-        wait_until(running.engine.done.is_set, "the end of the run", agents, tmp_path)
-        wait_until(
-            lambda: all(p.poll() == 0 for p in agents.values()),
-            "the agents' exit",
-            agents,
-            tmp_path,
-        )
-        rounds = running.store.rounds()
-        finals = running.store.finals()
+        with AgentProcesses(tmp_path, WAIT_S) as agents:
+            for i, data in enumerate(parts):
+                url = f"grpc://127.0.0.1:{grpc.port}"
+                agents.spawn(url, f"agent-{i}", data, model=MODELS[i % len(MODELS)])
+            agents.wait_until(
+                lambda: get_json(base + "/inspect")["round"] == ROUNDS,
+                f"c of round {ROUNDS} on the endpoint",
+            )
+            served = get_json(base + "/inspect/c")
+            status = get_json(base + "/status")
+            agents.wait_until(running.engine.done.is_set, "the end of the run")
+            agents.wait_for_exit()
+            rounds = running.store.rounds()
+            finals = running.store.finals()
     finally:
-        for p in agents.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         running.stop()
 
     ids = [f"agent-{i}" for i in range(AGENTS)]

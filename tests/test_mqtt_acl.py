@@ -83,8 +83,9 @@ def coordinator(
         sb.broker.port,
         ByteMeter(),
         run_id=RUN,
-        password=sb.passwords["coordinator"],
-        tls=sb.certs.client_tls(),
+        options=mc.TransportOptions(
+            login=mc.Auth(password=sb.passwords["coordinator"], tls=sb.certs.client_tls())
+        ),
         offline_grace_s=0.2,
     )
     inbound = RecordingInbound()
@@ -107,9 +108,9 @@ def agent(
         ByteMeter(),
         agent_id=agent_id,
         run_id=RUN,
-        username=user,
-        password=password or sb.passwords[user or agent_id],
-        tls=sb.certs.client_tls(),
+        options=mc.TransportOptions(
+            login=mc.Auth(user, password or sb.passwords[user or agent_id], sb.certs.client_tls())
+        ),
     )
 
 
@@ -213,7 +214,7 @@ def test_anonymous_refused(secure_mosquitto: SecureBroker) -> None:
         secure_mosquitto.broker.port,
         ByteMeter(),
         agent_id="agent-a",
-        tls=secure_mosquitto.certs.client_tls(),
+        options=mc.TransportOptions(login=mc.Auth(tls=secure_mosquitto.certs.client_tls())),
     )
     with pytest.raises(TransportClosed) as info:
         client.connect(WAIT_S)
@@ -235,8 +236,9 @@ def test_mutual_tls(mutual_tls_mosquitto: SecureBroker) -> None:
         ByteMeter(),
         agent_id="agent-a",
         run_id=RUN,
-        password=sb.passwords["agent-a"],
-        tls=sb.certs.client_tls(mutual=True),
+        options=mc.TransportOptions(
+            login=mc.Auth(password=sb.passwords["agent-a"], tls=sb.certs.client_tls(mutual=True))
+        ),
     )
     with_cert.connect(WAIT_S)
     with_cert.close()

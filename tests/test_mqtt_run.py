@@ -7,11 +7,6 @@ coordinator keeps the round clock."""
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +15,8 @@ from coordinator import report
 from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
 from coordinator.service import RunningCoordinator, start
 from pfl_edge.broker import Broker
-from pfl_edge.cli import write_partitions
 from tests.conftest import SecureBroker
+from tests.harness import AgentProcesses, mnist_partitions
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,65 +25,6 @@ ROUNDS = 3
 RUN = "restart"
 WAIT_S = 150.0
 """Upper bound of each wait; a passing run takes far less."""
-
-
-def agents_data(out: Path, agents: int = AGENTS) -> list[Path]:
-    args = argparse.Namespace(
-        dataset="mnist",
-        agents=agents,
-        noniid="dirichlet",
-        alpha=0.5,
-        classes_per_agent=2,
-        samples_per_agent=120,
-        test_fraction=0.25,
-        seed=0,
-    )
-    return write_partitions(args, out)
-
-
-def spawn_agent(
-    tmp: Path, broker: Broker, agent_id: str, data: Path, *extra: str
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "edge_agent.cli",
-        "run",
-        "--coordinator",
-        broker.url,
-        "--run-id",
-        RUN,
-        "--model",
-        "lenet5",
-        "--data",
-        str(data),
-        "--agent-id",
-        agent_id,
-        "--out",
-        str(tmp / agent_id),
-        "--cache-dir",
-        str(tmp / agent_id / "cache"),
-        "--threads",
-        "1",
-        *extra,
-    ]
-    with (tmp / f"{agent_id}.log").open("wb") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_until(
-    cond: Callable[[], bool], what: str, agents: dict[str, subprocess.Popen[bytes]], tmp: Path
-) -> None:
-    """Wait for `cond`; fail at once when an agent process exits with an error."""
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        failed = [a for a, p in agents.items() if p.poll() not in (None, 0)]
-        if failed:
-            log = (tmp / f"{failed[0]}.log").read_text(errors="replace")
-            raise AssertionError(f"{failed[0]} failed while waiting for {what}:\n{log}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def run_config(
@@ -112,35 +48,26 @@ def run_config(
 def test_broker_restart_mid_run_loses_no_round(tmp_path: Path, mosquitto: Broker) -> None:
     server = ServerSection(grpc="", mqtt=mosquitto.url)
     running: RunningCoordinator = start(run_config(tmp_path, server, ROUNDS, AGENTS))
-    agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for i, data in enumerate(agents_data(tmp_path / "data")):
-            agents[f"agent-{i}"] = spawn_agent(tmp_path, mosquitto, f"agent-{i}", data)
-        engine = running.engine
-        wait_until(lambda: engine.completed_rounds >= 1, "round 1", agents, tmp_path)
-        mosquitto.restart(down_s=1.0)
-        restarted_after = engine.completed_rounds
-        wait_until(engine.done.is_set, "the end of the run", agents, tmp_path)
-        wait_until(
-            lambda: all(p.poll() == 0 for p in agents.values()),
-            "the agents' exit",
-            agents,
-            tmp_path,
-        )
-        rounds = running.store.rounds()
-        finals = running.store.finals()
+        with AgentProcesses(tmp_path, WAIT_S) as agents:
+            for i, data in enumerate(mnist_partitions(tmp_path / "data", AGENTS)):
+                agents.spawn(mosquitto.url, f"agent-{i}", data, "--run-id", RUN)
+            engine = running.engine
+            agents.wait_until(lambda: engine.completed_rounds >= 1, "round 1")
+            mosquitto.restart(down_s=1.0)
+            restarted_after = engine.completed_rounds
+            agents.wait_until(engine.done.is_set, "the end of the run")
+            agents.wait_for_exit()
+            rounds = running.store.rounds()
+            finals = running.store.finals()
     finally:
-        for p in agents.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         running.stop()
     assert restarted_after < ROUNDS, "the run ended before the broker restarted"
     assert [r.round for r in rounds] == list(range(1, ROUNDS + 1))
     assert all(r.metrics["participants"] == AGENTS for r in rounds)
     assert sorted(finals) == [f"agent-{i}" for i in range(AGENTS)]
     for i in range(AGENTS):
-        log = (tmp_path / f"agent-{i}.log").read_text(errors="replace")
+        log = agents.log(f"agent-{i}")
         assert "lost its connection to the MQTT broker" in log  # the restart was seen
         assert "final test accuracy" in log
 
@@ -158,16 +85,14 @@ def test_run_logs_in_with_passwords_over_tls(
         mqtt_tls_ca=str(sb.certs.ca),
     )
     running = start(run_config(tmp_path, server, rounds=1, agents=1))
-    (data,) = agents_data(tmp_path / "data", agents=1)
+    (data,) = mnist_partitions(tmp_path / "data", agents=1)
     login = ("--mqtt-password-file", str(tmp_path / "agent-a.pw"), "--tls-ca", str(sb.certs.ca))
-    agent = spawn_agent(tmp_path, sb.broker, "agent-a", data, *login)
     try:
-        wait_until(lambda: agent.poll() == 0, "the agent's exit", {"agent-a": agent}, tmp_path)
-        finals = running.store.finals()
+        with AgentProcesses(tmp_path, WAIT_S) as agents:
+            agents.spawn(sb.broker.url, "agent-a", data, "--run-id", RUN, *login)
+            agents.wait_for_exit()
+            finals = running.store.finals()
     finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
         running.stop()
     assert list(finals) == ["agent-a"]
 
@@ -177,24 +102,15 @@ def test_fedh2l_over_mqtt_exchanges_the_posteriors_agent_to_agent(
 ) -> None:
     server = ServerSection(grpc="", mqtt=mosquitto.url)
     running = start(run_config(tmp_path, server, rounds=2, agents=AGENTS, algorithm="fedh2l"))
-    agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for i, data in enumerate(agents_data(tmp_path / "data")):
-            agents[f"agent-{i}"] = spawn_agent(tmp_path, mosquitto, f"agent-{i}", data)
-        wait_until(
-            lambda: all(p.poll() == 0 for p in agents.values()),
-            "the agents' exit",
-            agents,
-            tmp_path,
-        )
-        rounds = running.store.rounds()
-        through_coordinator = dict(running.engine.tensor_bytes)
-        rep = report.build(running.store, running.meter, algorithm="fedh2l")
+        with AgentProcesses(tmp_path, WAIT_S) as agents:
+            for i, data in enumerate(mnist_partitions(tmp_path / "data", AGENTS)):
+                agents.spawn(mosquitto.url, f"agent-{i}", data, "--run-id", RUN)
+            agents.wait_for_exit()
+            rounds = running.store.rounds()
+            through_coordinator = dict(running.engine.tensor_bytes)
+            rep = report.build(running.store, running.meter, algorithm="fedh2l")
     finally:
-        for p in agents.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         running.stop()
     assert [r.round for r in rounds] == [1, 2]
     soft_bytes = 100 * 10  # int8 posteriors on the round's 100 public samples
@@ -213,5 +129,4 @@ def test_fedh2l_over_mqtt_exchanges_the_posteriors_agent_to_agent(
         assert a["peer_bytes_up"] > 2 * soft_bytes and a["peer_bytes_down"] > 4 * soft_bytes
         assert a["bytes_up"] > a["peer_bytes_up"] and a["bytes_down"] > a["peer_bytes_down"]
     for i in range(AGENTS):
-        log = (tmp_path / f"agent-{i}.log").read_text(errors="replace")
-        assert "no 'soft' from peer" not in log
+        assert "no 'soft' from peer" not in agents.log(f"agent-{i}")

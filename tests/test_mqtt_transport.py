@@ -276,7 +276,12 @@ def test_factory_builds_mqtt_transports() -> None:
     assert client.address == "mqtt://broker.example:1884"
     assert server.address == "mqtt://broker.example:1883"
     with pytest.raises(ValueError, match="MQTT broker settings"):
-        client_for("grpc://127.0.0.1:50051", meter, agent_id="a", password="x")
+        client_for(
+            "grpc://127.0.0.1:50051",
+            meter,
+            agent_id="a",
+            options=mc.TransportOptions(login=mc.Auth(password="x")),
+        )
     with pytest.raises(ValueError, match="agent id 'a/b'"):
         client_for("mqtt://127.0.0.1", meter, agent_id="a/b")
 
@@ -570,15 +575,14 @@ def test_unreachable_broker() -> None:
 
 
 def test_chunks_above_the_broker_packet_limit_refused_at_connect(mosquitto: Broker) -> None:
+    too_large = mc.TransportOptions(chunk_bytes=2 * CHUNK_BYTES)
     client = MqttClientTransport(
-        "127.0.0.1", mosquitto.port, ByteMeter(), agent_id="a", chunk_bytes=2 * CHUNK_BYTES
+        "127.0.0.1", mosquitto.port, ByteMeter(), agent_id="a", options=too_large
     )
     with pytest.raises(TransportClosed, match="raise the broker's max_packet_size") as info:
         client.connect(WAIT_S)
     assert info.value.code == pb.ERROR_CODE_FAILED_PRECONDITION
-    server = MqttServerTransport(
-        "127.0.0.1", mosquitto.port, ByteMeter(), chunk_bytes=2 * CHUNK_BYTES
-    )
+    server = MqttServerTransport("127.0.0.1", mosquitto.port, ByteMeter(), options=too_large)
     with pytest.raises(RuntimeError, match="accepts packets of up to 1053696 bytes"):
         server.start(RecordingInbound())
 

@@ -238,7 +238,12 @@ def test_forged_malformed_and_oversized_peer_messages_are_dropped(
     topics = mc.Topics(RUN)
     b_meter = ByteMeter()
     b = MqttClientTransport(
-        "127.0.0.1", mosquitto.port, b_meter, agent_id="b", run_id=RUN, max_message_bytes=1 << 20
+        "127.0.0.1",
+        mosquitto.port,
+        b_meter,
+        agent_id="b",
+        run_id=RUN,
+        options=mc.TransportOptions(max_message_bytes=1 << 20),
     )
     a = MqttClientTransport("127.0.0.1", mosquitto.port, ByteMeter(), agent_id="a", run_id=RUN)
     raw = RawClient(mosquitto)
@@ -315,9 +320,9 @@ def test_gather_spec_round_trips_through_task_params() -> None:
 def test_the_agent_runtime_gathers_what_arrives_in_time_and_checks_it(
     mosquitto: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """edge_agent.runtime.Agent._gather alone (no model): a good peer is used, one with the
-    wrong shape and one with NaN are not, a silent one is waited for `wait_s` only."""
-    from edge_agent.runtime import Agent
+    """edge_agent.peers.PeerExchange.gather alone (no model): a good peer is used, one with
+    the wrong shape and one with NaN are not, a silent one is waited for `wait_s` only."""
+    from edge_agent.peers import PeerExchange
 
     caplog.set_level(logging.WARNING)
 
@@ -329,11 +334,9 @@ def test_the_agent_runtime_gathers_what_arrives_in_time_and_checks_it(
         return t
 
     me, senders = transport("me"), {a: transport(a) for a in ("good", "bad-shape", "nan")}
-    agent = Agent.__new__(Agent)  # the runtime's peer state without a model or data
-    agent.transport = me
-    agent.peer_messages, agent.shared_shapes, agent.peer_tensor_bytes = {}, {}, {}
+    peers = PeerExchange("me", RUN, ByteMeter())
     exchange = 7
-    agent.shared_shapes[(exchange, "soft")] = (1, (PER_ROUND, 10))  # what "me" shared
+    peers.shared_shapes[(exchange, "soft")] = (1, (PER_ROUND, 10))  # what "me" shared
     nan = soft_predictions(PER_ROUND, seed=3)
     nan[0, 0] = np.nan
     sent = {
@@ -353,7 +356,7 @@ def test_the_agent_runtime_gathers_what_arrives_in_time_and_checks_it(
                 Message(pb.Envelope(agent_id=a, run_id=RUN, round=1, result=result))
             )
         spec = px.GatherSpec("peers", "soft", ("bad-shape", "good", "nan", "silent"), exchange, 1.0)
-        part, used = agent._gather(1, spec)
+        part, used = peers.gather(me, 1, spec)
     finally:
         for t in (me, *senders.values()):
             t.close()

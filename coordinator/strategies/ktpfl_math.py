@@ -32,7 +32,7 @@ sum.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -161,37 +161,27 @@ def update(
     raise ValueError(f"unknown projection {projection!r}; use one of {PROJECTIONS}")
 
 
+class Step(TypedDict):
+    """The keyword arguments of `update`, which `update_block` passes on."""
+
+    lr: float
+    lam: float
+    rho: float
+    projection: Projection
+    softmax_scale: NotRequired[float]
+
+
 def update_block(
-    c: Array,
-    idx: npt.NDArray[np.intp],
-    soft: Array,
-    sizes: Array,
-    *,
-    lr: float,
-    lam: float,
-    rho: float,
-    projection: Projection,
-    softmax_scale: float = 5.0,
+    c: Array, idx: npt.NDArray[np.intp], soft: Array, sizes: Array, **step: Unpack[Step]
 ) -> tuple[npt.NDArray[np.float64], float]:
     """c with the block c[idx][:, idx] of this round's agents updated; (new c, J before).
 
-    The block's columns are normalised (see `block_weights`), updated by `update`, and
-    scaled back to their previous sums; every other entry of c is returned unchanged.
-    `soft[i]` and `sizes[i]` belong to agent idx[i].
+    The block's columns are normalised (see `block_weights`), updated by `update` with
+    `step`, and scaled back to their previous sums; every other entry of c is returned
+    unchanged. `soft[i]` and `sizes[i]` belong to agent idx[i].
     """
-    block = np.asarray(c, dtype=np.float64)[np.ix_(idx, idx)]
-    mass = block.sum(axis=0)
-    a = normalise_columns(block)
-    new_a, value = update(
-        a,
-        soft,
-        sizes,
-        lr=lr,
-        lam=lam,
-        rho=rho,
-        projection=projection,
-        softmax_scale=softmax_scale,
-    )
+    mass = _block(c, idx).sum(axis=0)
+    new_a, value = update(block_weights(c, idx), soft, sizes, **step)
     out = np.array(c, dtype=np.float64)
     out[np.ix_(idx, idx)] = new_a * np.where(mass > 0, mass, 0.0)
     return out, value
@@ -200,7 +190,12 @@ def update_block(
 def block_weights(c: Array, idx: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
     """The normalised block of this round's agents: student n's weights over the teachers
     that answered, summing to 1 (on the full set this is c itself)."""
-    return normalise_columns(np.asarray(c, dtype=np.float64)[np.ix_(idx, idx)])
+    return normalise_columns(_block(c, idx))
+
+
+def _block(c: Array, idx: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+    """c[idx][:, idx] as float64."""
+    return np.asarray(c, dtype=np.float64)[np.ix_(idx, idx)]
 
 
 def grow(c: Array, size: int) -> npt.NDArray[np.float64]:

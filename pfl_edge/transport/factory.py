@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.constants import CHUNK_BYTES, GRPC_DEFAULT_PORT, MAX_MESSAGE_BYTES, MQTT_DEFAULT_PORT
+from pfl_edge.constants import GRPC_DEFAULT_PORT, MQTT_DEFAULT_PORT
 from pfl_edge.transport.base import ClientTransport, ServerTransport
-
-if TYPE_CHECKING:
-    from pfl_edge.transport.mqtt_common import TlsFiles
+from pfl_edge.transport.mqtt_common import DEFAULT_OPTIONS, Auth, TransportOptions
 
 SCHEMES = ("grpc", "mqtt")
 
@@ -49,34 +46,18 @@ def client_for(
     *,
     agent_id: str,
     run_id: str = "default",
-    chunk_bytes: int = CHUNK_BYTES,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-    username: str | None = None,
-    password: str | None = None,
-    tls: TlsFiles | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
 ) -> ClientTransport:
-    """The agent's transport; `username`, `password` and `tls` are for the MQTT broker."""
+    """The agent's transport; `options.login` is for the MQTT broker."""
     ep = parse(url)
     if ep.scheme == "grpc":
-        _no_broker_login(ep, username, password, tls)
         from pfl_edge.transport.grpc_client import GrpcClientTransport
 
-        return GrpcClientTransport(
-            ep.hostport, meter, chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes
-        )
+        return GrpcClientTransport(ep.hostport, meter, **_grpc_sizes(ep, options))
     from pfl_edge.transport.mqtt_client import MqttClientTransport
 
     return MqttClientTransport(
-        ep.host,
-        ep.port,
-        meter,
-        agent_id=agent_id,
-        run_id=run_id,
-        chunk_bytes=chunk_bytes,
-        max_message_bytes=max_message_bytes,
-        username=username,
-        password=password,
-        tls=tls,
+        ep.host, ep.port, meter, agent_id=agent_id, run_id=run_id, options=options
     )
 
 
@@ -85,38 +66,21 @@ def server_for(
     meter: ByteMeter,
     *,
     run_id: str = "default",
-    chunk_bytes: int = CHUNK_BYTES,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-    username: str | None = None,
-    password: str | None = None,
-    tls: TlsFiles | None = None,
+    options: TransportOptions = DEFAULT_OPTIONS,
 ) -> ServerTransport:
     """The coordinator's transport: a gRPC bind address, or the MQTT broker to use."""
     ep = parse(url)
     if ep.scheme == "grpc":
-        _no_broker_login(ep, username, password, tls)
         from pfl_edge.transport.grpc_server import GrpcServerTransport
 
-        return GrpcServerTransport(
-            ep.hostport, meter, chunk_bytes=chunk_bytes, max_message_bytes=max_message_bytes
-        )
+        return GrpcServerTransport(ep.hostport, meter, **_grpc_sizes(ep, options))
     from pfl_edge.transport.mqtt_server import MqttServerTransport
 
-    return MqttServerTransport(
-        ep.host,
-        ep.port,
-        meter,
-        run_id=run_id,
-        chunk_bytes=chunk_bytes,
-        max_message_bytes=max_message_bytes,
-        username=username,
-        password=password,
-        tls=tls,
-    )
+    return MqttServerTransport(ep.host, ep.port, meter, run_id=run_id, options=options)
 
 
-def _no_broker_login(
-    ep: Endpoint, username: str | None, password: str | None, tls: TlsFiles | None
-) -> None:
-    if username is not None or password is not None or tls is not None:
+def _grpc_sizes(ep: Endpoint, options: TransportOptions) -> dict[str, int]:
+    """The gRPC transports' size arguments; ValueError if `options` has a broker login."""
+    if options.login != Auth():
         raise ValueError(f"username, password and tls are MQTT broker settings; {ep} is gRPC")
+    return {"chunk_bytes": options.chunk_bytes, "max_message_bytes": options.max_message_bytes}

@@ -26,7 +26,6 @@ import threading
 from google.protobuf.message import DecodeError
 
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler, kind_of
 from pfl_edge.peer_exchange import PEER_KIND
@@ -52,14 +51,10 @@ class MqttClientTransport(ClientTransport):
         *,
         agent_id: str,
         run_id: str = "default",
-        chunk_bytes: int = CHUNK_BYTES,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        username: str | None = None,
-        password: str | None = None,
-        tls: mc.TlsFiles | None = None,
+        options: mc.TransportOptions = mc.DEFAULT_OPTIONS,
         reconnect_deadline_s: float = mc.RECONNECT_DEADLINE_SECONDS,
     ) -> None:
-        """`username` defaults to the agent id when a password is given."""
+        """The broker username defaults to the agent id when a password is given."""
         self._host, self._port = host, port
         self._meter = meter
         self._agent_id = mc.check_id("agent", agent_id)
@@ -72,17 +67,14 @@ class MqttClientTransport(ClientTransport):
         self._topics = topics
         self._peer_topic = topics.peer_frames(agent_id)
         self._all_peers_topic = topics.all_peer_frames
-        self._framer = Framer(chunk_bytes)
-        self._chunk_bytes = chunk_bytes
-        self._max_message_bytes = max_message_bytes
-        if password is not None and username is None:
-            username = agent_id
-        self._auth = mc.Auth(username, password, tls)
+        self._options = options
+        self._framer = Framer(options.chunk_bytes)
+        self._auth = options.login.with_default_user(agent_id)
         self._reconnect_deadline_s = reconnect_deadline_s
         self._session: mc.Session | None = None
         self._resume = False
         self._inbox = Inbox()
-        self._reassembler = Reassembler(max_message_bytes)
+        self._reassembler = Reassembler(self._options.max_message_bytes)
         self._peer_reassemblers: dict[str, Reassembler] = {}
         self._peer_inbox: queue.Queue[Message] = queue.Queue()
         self._give_up: threading.Timer | None = None
@@ -96,7 +88,7 @@ class MqttClientTransport(ClientTransport):
         """Open the session: a fresh one the first time, afterwards the one left behind
         (with what the broker queued for it)."""
         self.close()
-        self._inbox, self._reassembler = Inbox(), Reassembler(self._max_message_bytes)
+        self._inbox, self._reassembler = Inbox(), Reassembler(self._options.max_message_bytes)
         self._peer_reassemblers = {}
         session = mc.Session(
             self._host,
@@ -106,7 +98,7 @@ class MqttClientTransport(ClientTransport):
             on_message=self._on_message,
             no_local=[self._all_peers_topic],
             auth=self._auth,
-            largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
+            largest_publish_bytes=mc.packet_limit(self._options.chunk_bytes),
             will=self._status(mc.OFFLINE, "connection to the broker lost (last will)"),
             online=self._status(mc.CONNECTED),
             back_online=self._status(mc.RECONNECTED),
@@ -208,7 +200,9 @@ class MqttClientTransport(ClientTransport):
             return
         reassembler = self._peer_reassemblers.get(sender)
         if reassembler is None:
-            reassembler = self._peer_reassemblers[sender] = Reassembler(self._max_message_bytes)
+            reassembler = self._peer_reassemblers[sender] = Reassembler(
+                self._options.max_message_bytes
+            )
         try:
             received = reassembler.feed(payload, mc.wire_bytes(topic, len(payload)))
         except Rejection as r:

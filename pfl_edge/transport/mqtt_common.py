@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ParamSpec
 
@@ -56,6 +56,7 @@ from pfl_edge.constants import (
     CHUNK_BYTES,
     KEEPALIVE_SECONDS,
     MAX_CHUNK_FRAME_BYTES,
+    MAX_MESSAGE_BYTES,
     RETRY_MAX_SECONDS,
 )
 from pfl_edge.retry import retry
@@ -265,6 +266,26 @@ class Auth:
     username: str | None = None
     password: str | None = None
     tls: TlsFiles | None = None
+
+    def with_default_user(self, username: str) -> Auth:
+        """This login, with `username` where a password is given without one."""
+        if self.password is not None and self.username is None:
+            return replace(self, username=username)
+        return self
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """A transport's settings besides its address and ids: the frame (chunk) and message
+    sizes, and the broker login. gRPC takes the sizes only (`login` must stay empty)."""
+
+    chunk_bytes: int = CHUNK_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    login: Auth = Auth()
+
+
+DEFAULT_OPTIONS = TransportOptions()
+"""Default sizes, no broker login."""
 
 
 def login(

@@ -28,7 +28,6 @@ from typing import cast
 from google.protobuf.message import DecodeError
 
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
@@ -69,25 +68,18 @@ class MqttServerTransport(ServerTransport):
         meter: ByteMeter,
         *,
         run_id: str = "default",
-        chunk_bytes: int = CHUNK_BYTES,
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-        username: str | None = None,
-        password: str | None = None,
-        tls: mc.TlsFiles | None = None,
+        options: mc.TransportOptions = mc.DEFAULT_OPTIONS,
         offline_grace_s: float = mc.OFFLINE_GRACE_SECONDS,
         connect_timeout_s: float = 10.0,
     ) -> None:
-        """`username` defaults to "coordinator" when a password is given."""
+        """The broker username defaults to "coordinator" when a password is given."""
         self._host, self._port = host, port
         self._meter = meter
         self._run_id = run_id
         self._topics = mc.Topics(run_id)
-        self._framer = Framer(chunk_bytes)
-        self._chunk_bytes = chunk_bytes
-        self._max_message_bytes = max_message_bytes
-        if password is not None and username is None:
-            username = mc.COORDINATOR_USERNAME
-        self._auth = mc.Auth(username, password, tls)
+        self._options = options
+        self._framer = Framer(options.chunk_bytes)
+        self._auth = options.login.with_default_user(mc.COORDINATOR_USERNAME)
         self._offline_grace_s = offline_grace_s
         self._connect_timeout_s = connect_timeout_s
         self._session: mc.Session | None = None
@@ -109,7 +101,7 @@ class MqttServerTransport(ServerTransport):
             subscriptions=[self._topics.all_frames, self._topics.all_status],
             on_message=self._on_message,
             auth=self._auth,
-            largest_publish_bytes=mc.packet_limit(self._chunk_bytes),
+            largest_publish_bytes=mc.packet_limit(self._options.chunk_bytes),
             online=mc.Announcement(
                 self._topics.coordinator_presence, mc.status(self._run_id, "", mc.CONNECTED)
             ),
@@ -158,7 +150,9 @@ class MqttServerTransport(ServerTransport):
         with self._peers_lock:
             peer = self._peers.get(agent_id)
             if peer is None:
-                peer = self._peers[agent_id] = _Peer(agent_id, Reassembler(self._max_message_bytes))
+                peer = self._peers[agent_id] = _Peer(
+                    agent_id, Reassembler(self._options.max_message_bytes)
+                )
             return peer
 
     def _on_message(self, topic: str, payload: bytes) -> None:
