@@ -192,7 +192,7 @@ class _Recycler:
         view = buffer[:]
         if buffer.nbytes >= self._min:
             weakref.finalize(view, self._give_back, buffer).atexit = False
-        return memoryview(view)
+        return view.data
 
     def _give_back(self, buffer: np.ndarray) -> None:
         with self._lock:
