@@ -20,13 +20,19 @@ COMMON: dict[str, Scalar] = {
     "distill_epochs": 1,
     "distill_batch_size": 128,
     "distill_lr": 1e-3,
+    "distill_optimizer": "adam",
     "temperature": 3.0,
     "t2_scaling": False,
     "wire": "float32",
     "seed": 0,
 }
 
-_CHOICES: dict[str, tuple[str, ...]] = {"optimizer": ("adam", "sgd"), "wire": WIRE_FORMATS}
+_OPTIMIZERS = ("adam", "sgd")
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": _OPTIMIZERS,
+    "distill_optimizer": _OPTIMIZERS,
+    "wire": WIRE_FORMATS,
+}
 
 
 def resolve(defaults: Mapping[str, Scalar], given: Mapping[str, object]) -> dict[str, Scalar]:

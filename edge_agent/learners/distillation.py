@@ -53,7 +53,7 @@ class DistillationLearner(Learner):
                 lr=float(self.p("distill_lr")),
                 rng=self.ctx.rng,
                 t2_scaling=bool(self.p("t2_scaling")),
-                optimizer=str(self.p("optimizer")),
+                optimizer=str(self.p("distill_optimizer")),
             )
         return LearnerReply({}, {"distill_loss": loss, "test_acc": self.test_accuracy()})
 

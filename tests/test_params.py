@@ -1,0 +1,62 @@
+"""Run parameters: defaults, validation, and that the distillation learner trains with
+its own optimizer setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.learners.base import LearnerContext, TaskView
+from edge_agent.learners.ktpfl import KTPFLLearner
+from pfl_edge.data.partition import ClientData
+from pfl_edge.params import COMMON, resolve
+from tests.test_training import linear, separable
+
+torch.set_num_threads(1)
+
+
+def test_defaults_and_overrides() -> None:
+    out = resolve(COMMON, {"distill_optimizer": "sgd", "distill_lr": 1})
+    assert out["distill_optimizer"] == "sgd" and out["distill_lr"] == 1.0
+    assert out["optimizer"] == COMMON["optimizer"]
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"distil_lr": 0.1}, "unknown algorithm parameter"),
+        ({"distill_optimizer": "rmsprop"}, "must be one of"),
+        ({"optimizer": "lbfgs"}, "must be one of"),
+        ({"distill_lr": "fast"}, "must be float"),
+        ({"t2_scaling": 1}, "must be bool"),
+        ({"local_epochs": -1}, "must not be negative"),
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(given: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve(COMMON, given)
+
+
+def test_distillation_uses_distill_optimizer_and_local_training_optimizer() -> None:
+    x, y = separable(64, 0)
+    public = separable(32, 1)[0]
+    params = {**COMMON, "optimizer": "adam", "distill_optimizer": "sgd", "distill_lr": 0.0}
+    ctx = LearnerContext(
+        "a", linear(), ClientData(x, y, x[:8], y[:8]), public, params, 2, np.random.default_rng(0)
+    )
+    learner = KTPFLLearner(ctx)
+    view = TaskView(1, 0, "train_predict", {}, {}, np.arange(32))
+    soft = learner.handle(view).tensors["soft"]
+    before = [p.detach().clone() for p in ctx.model.parameters()]
+    target = np.full_like(soft, 0.5)  # far from soft: a non-zero gradient
+    learner.handle(TaskView(1, 1, "distill", {"target": target}, {}, np.arange(32)))
+    # distill_lr, not lr (1e-3), set the step: 0 leaves the model exactly as it was
+    assert all(torch.equal(a, b) for a, b in zip(before, ctx.model.parameters(), strict=True))
+    ctx_bad = LearnerContext(
+        "b", linear(), ctx.data, public, {**params, "distill_optimizer": "rmsprop"}, 2, ctx.rng
+    )
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        KTPFLLearner(ctx_bad).handle(
+            TaskView(1, 1, "distill", {"target": target}, {}, np.arange(32))
+        )
