@@ -350,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="output JSON (default benchmarks/results/"
         "ktpfl_table1.json, or ktpfl_table1_quick.json with --quick)",
     )
-    args = ap.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(given)
 
     s = QUICK if args.quick else Settings()
     if args.seeds is not None:
@@ -403,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(
         json.dumps(
             {
+                "command": " ".join(["python -m benchmarks.ktpfl_table1", *given]),
                 "settings": {
                     **asdict(s),
                     "architectures": ARCHITECTURES,
