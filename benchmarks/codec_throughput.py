@@ -142,7 +142,7 @@ def _in_child(target: Callable[..., None], *args: Any) -> tuple[Any, int, Any]:
 @contextlib.contextmanager
 def pfl_stream(size_mb: int) -> Iterator[Callable[[], None]]:
     """Moves one tensor to another process through pfl-edge's gRPC transport (encode,
-    chunk with CRC-32, send, reassemble and verify, decode, acknowledge)."""
+    chunk with XXH3-64, send, reassemble and verify, decode, acknowledge)."""
     proc, port, stop = _in_child(_serve_pfl, size_mb)
     client = GrpcClientTransport(f"127.0.0.1:{port}", ByteMeter())
     client.connect(10)

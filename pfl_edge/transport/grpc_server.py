@@ -64,7 +64,7 @@ class GrpcServerTransport(ServerTransport):
 
     def start(self, inbound: Inbound) -> None:
         self._inbound = inbound
-        # Verifies and copies the chunks of all streams (zlib.crc32 and memcpy mostly run
+        # Verifies and copies the chunks of all streams (the hash and memcpy mostly run
         # without the GIL); each stream has at most one frame there at a time.
         self._feeder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grpc-frames")
         ready = threading.Event()
@@ -171,7 +171,7 @@ class GrpcServerTransport(ServerTransport):
         """Read frames until the agent closes; `bound` gets the agent id once registered.
 
         A large frame (a chunk) is fed to the reassembler in a worker thread, which verifies
-        its CRC-32 and copies it while this loop reads the next frame; frames are still fed
+        its hash and copies it while this loop reads the next frame; frames are still fed
         one at a time and in order, and each is fed before the next is."""
         reassembler = Reassembler(self._max_message_bytes)
         loop = asyncio.get_running_loop()

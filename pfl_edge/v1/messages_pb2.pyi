@@ -279,18 +279,18 @@ class Head(_message.Message):
     def __init__(self, transfer_id: _Optional[int] = ..., envelope: _Optional[_Union[Envelope, _Mapping]] = ..., blob_bytes: _Optional[_Iterable[int]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("transfer_id", "blob", "index", "data", "crc32")
+    __slots__ = ("transfer_id", "blob", "index", "data", "xxh3_64")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    CRC32_FIELD_NUMBER: _ClassVar[int]
+    XXH3_64_FIELD_NUMBER: _ClassVar[int]
     transfer_id: int
     blob: int
     index: int
     data: bytes
-    crc32: int
-    def __init__(self, transfer_id: _Optional[int] = ..., blob: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
+    xxh3_64: int
+    def __init__(self, transfer_id: _Optional[int] = ..., blob: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., xxh3_64: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("envelope", "head", "chunk")
