@@ -1,9 +1,10 @@
 """Training, evaluation, soft predictions and distillation shared by every learner.
 
 Images may be uint8 or float (N, C, H, W); they are fed as float32 in [0, 1] (``to_float``).
-Each training call creates a fresh optimizer ("adam", or "sgd" = plain SGD without momentum),
-so no optimizer state carries over between calls. Mini-batches follow ``rng`` (reshuffled every
-epoch, last partial batch kept); in train mode a model with BatchNorm skips a batch of one.
+A training call takes its optimizer ("adam", or "sgd" = plain SGD without momentum) from an
+`Optimizers` (kept for the run or fresh per call), or a fresh one if given none. Mini-batches
+follow ``rng`` (reshuffled every epoch, last partial batch kept); in train mode a model with
+BatchNorm skips a batch of one.
 """
 
 from __future__ import annotations
@@ -47,6 +48,31 @@ def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; known: adam, sgd")
 
 
+class Optimizers:
+    """Where one model's training calls get their optimizer.
+
+    ``keep=False``: a fresh optimizer per call. ``keep=True``: one per kind for the model's
+    life, shared by local training and distillation, its learning rate set by each call. Kept
+    Adam moments scale a distillation step by the gradients training has seen; a fresh Adam
+    moves every parameter by about ``lr`` on its first steps however small its gradient,
+    which is what made a few distillation steps cost up to 9 points (README, KT-pFL).
+    """
+
+    def __init__(self, model: nn.Module, *, keep: bool) -> None:
+        self.model, self.keep = model, keep
+        self._kept: dict[str, torch.optim.Optimizer] = {}
+
+    def get(self, name: str, lr: float) -> torch.optim.Optimizer:
+        if not self.keep:
+            return _optimizer(name, self.model, lr)
+        opt = self._kept.get(name)
+        if opt is None:
+            opt = self._kept[name] = _optimizer(name, self.model, lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return opt
+
+
 def _has_batchnorm(model: nn.Module) -> bool:
     kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     return any(isinstance(m, kinds) for m in model.modules())
@@ -62,6 +88,7 @@ def _fit(
     lr: float,
     rng: np.random.Generator,
     optimizer: str,
+    optimizers: Optimizers | None,
 ) -> float:
     """Minimise ``batch_loss(indices)`` over shuffled mini-batches of ``range(n)``; mean loss
     of the last epoch (nan if no batch was trained)."""
@@ -69,7 +96,11 @@ def _fit(
         raise ValueError("no training samples")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    opt = _optimizer(optimizer, model, lr)
+    if optimizers is None:
+        optimizers = Optimizers(model, keep=False)
+    elif optimizers.model is not model:
+        raise ValueError("these Optimizers belong to another model")
+    opt = optimizers.get(optimizer, lr)
     skip_single = _has_batchnorm(model)
     model.train()
     total, count = 0.0, 0
@@ -105,6 +136,7 @@ def train_epochs(
     lr: float,
     rng: np.random.Generator,
     optimizer: str = "adam",
+    optimizers: Optimizers | None = None,
 ) -> float:
     """Train with cross-entropy; return the mean loss over the last epoch's samples.
 
@@ -123,6 +155,7 @@ def train_epochs(
         lr=lr,
         rng=rng,
         optimizer=optimizer,
+        optimizers=optimizers,
     )
 
 
@@ -187,6 +220,7 @@ def distill(
     rng: np.random.Generator,
     t2_scaling: bool = False,
     optimizer: str = "adam",
+    optimizers: Optimizers | None = None,
 ) -> float:
     """Distil soft ``targets`` (N, classes; rows are distributions) into ``model``.
 
@@ -219,6 +253,7 @@ def distill(
         lr=lr,
         rng=rng,
         optimizer=optimizer,
+        optimizers=optimizers,
     )
 
 
@@ -236,6 +271,7 @@ def train_mutual(
     lr: float,
     rng: np.random.Generator,
     optimizer: str = "adam",
+    optimizers: Optimizers | None = None,
 ) -> float:
     """Cross-entropy on (x, y) plus ``weight`` times the mean over peers of
     KL(peer || softmax(logits / temperature)) on ``public`` (mutual learning).
@@ -275,4 +311,5 @@ def train_mutual(
         lr=lr,
         rng=rng,
         optimizer=optimizer,
+        optimizers=optimizers,
     )

@@ -21,6 +21,9 @@ COMMON: dict[str, Scalar] = {
     "distill_batch_size": 128,
     "distill_lr": 1e-3,
     "distill_optimizer": "adam",
+    # "run": each agent keeps one optimizer per kind for the run, shared by local training
+    # and distillation; "call": a fresh one per training call (see edge_agent.training).
+    "optimizer_state": "run",
     "temperature": 3.0,
     "t2_scaling": False,
     "wire": "float32",
@@ -31,6 +34,7 @@ _OPTIMIZERS = ("adam", "sgd")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": _OPTIMIZERS,
     "distill_optimizer": _OPTIMIZERS,
+    "optimizer_state": ("run", "call"),
     "wire": WIRE_FORMATS,
 }
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edge_agent.training import (
+    Optimizers,
     distill,
     evaluate,
     predict_logits,
@@ -168,3 +169,67 @@ def test_distill_validates_targets() -> None:
         distill(linear(3), x, np.full((3, 3), 1 / 3), **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"model outputs \(4, 3\), targets \(4, 2\)"):
         distill(linear(3), x, np.full((4, 2), 0.5), **kwargs)  # type: ignore[arg-type]
+
+
+def _params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _nudged_self_targets(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The model's own soft predictions, a tenth of the way to uniform: a small gradient."""
+    return 0.9 * soft_predictions(model, x, temperature=1.0) + 0.05
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_optimizer_carries_adam_state_from_training_into_distillation(keep: bool) -> None:
+    x, y = separable(64, 4)
+    seed_everything(4)
+    model = linear()
+    optimizers = Optimizers(model, keep=keep)
+    rng = np.random.default_rng(4)
+    train_epochs(model, x, y, epochs=10, batch_size=16, lr=0.01, rng=rng, optimizers=optimizers)
+    targets = _nudged_self_targets(model, x)
+    before = _params(model)
+    distill(
+        model,
+        x,
+        targets,
+        temperature=1.0,
+        epochs=1,
+        batch_size=64,
+        lr=0.01,
+        rng=rng,
+        optimizers=optimizers,
+    )
+    step = (_params(model) - before).abs().mean().item()
+    # A fresh Adam's first step moves every parameter by about lr whatever the gradient; the
+    # kept one divides this small gradient by the training gradients' second moment.
+    if keep:
+        assert step < 0.1 * 0.01
+        state = optimizers.get("adam", 0.01).state[next(model.parameters())]
+        assert int(state["step"]) == 10 * 4 + 1  # 40 training steps, then the distillation one
+    else:
+        assert step > 0.9 * 0.01
+
+
+def test_kept_optimizer_takes_each_calls_learning_rate_and_refuses_another_model() -> None:
+    model = linear()
+    optimizers = Optimizers(model, keep=True)
+    adam = optimizers.get("adam", 0.1)
+    assert optimizers.get("adam", 0.001) is adam and adam.param_groups[0]["lr"] == 0.001
+    assert optimizers.get("sgd", 0.1) is not adam
+    assert Optimizers(model, keep=False).get("adam", 0.1) is not Optimizers(model, keep=False).get(
+        "adam", 0.1
+    )
+    x, y = separable(8, 5)
+    with pytest.raises(ValueError, match="another model"):
+        train_epochs(
+            linear(),
+            x,
+            y,
+            epochs=1,
+            batch_size=4,
+            lr=0.1,
+            rng=np.random.default_rng(0),
+            optimizers=optimizers,
+        )

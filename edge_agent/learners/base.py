@@ -67,6 +67,9 @@ class Learner(abc.ABC):
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
         self.spans: list[Span] = []
+        self.optimizers = training.Optimizers(
+            ctx.model, keep=ctx.params["optimizer_state"] == "run"
+        )
 
     @abc.abstractmethod
     def handle(self, task: TaskView) -> LearnerReply:
@@ -103,6 +106,7 @@ class Learner(abc.ABC):
                 lr=float(self.p("lr")),
                 rng=self.ctx.rng,
                 optimizer=str(self.p("optimizer")),
+                optimizers=self.optimizers,
             )
 
     def test_accuracy(self) -> float:

@@ -54,6 +54,7 @@ class DistillationLearner(Learner):
                 rng=self.ctx.rng,
                 t2_scaling=bool(self.p("t2_scaling")),
                 optimizer=str(self.p("distill_optimizer")),
+                optimizers=self.optimizers,
             )
         return LearnerReply({}, {"distill_loss": loss, "test_acc": self.test_accuracy()})
 

@@ -58,5 +58,6 @@ class FedH2LLearner(Learner):
                 lr=float(self.p("lr")),
                 rng=self.ctx.rng,
                 optimizer=str(self.p("optimizer")),
+                optimizers=self.optimizers,
             )
         return LearnerReply({}, {"train_loss": loss, "test_acc": self.test_accuracy()})
