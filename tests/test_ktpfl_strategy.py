@@ -183,6 +183,23 @@ def test_sim_and_topk_targets() -> None:
         make("topk-pfl", topk_k=0)
 
 
+@pytest.mark.parametrize("name", ["sim-pfl", "topk-pfl"])
+def test_sim_and_topk_show_the_weights_they_used(name: str) -> None:
+    agents = fleet(6)
+    s = make(name)
+    assert s.inspect() == {}
+    soft = group_soft(np.random.default_rng(6), 6)
+    targets = play_round(s, 1, agents, soft)
+    w = s.inspect()["w"]
+    assert w.rows == w.columns == tuple(a.agent_id for a in agents)
+    np.testing.assert_allclose(w.matrix.sum(axis=0), 1.0, rtol=1e-9)
+    # Same-group teachers (a0-a2 favour classes 0-4) outweigh the others for student a0,
+    # and the matrix is the one that formed the targets.
+    assert w.matrix[:3, 0].sum() > w.matrix[3:, 0].sum()
+    expected = sum(w.matrix[m, 0] * soft[f"a{m}"] for m in range(6))
+    np.testing.assert_allclose(targets["a0"], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_heatmap_is_written(tmp_path: Path) -> None:
     s = make("kt-pfl")
     play_round(s, 1, fleet(3), group_soft(np.random.default_rng(5), 3))

@@ -2,7 +2,8 @@
 
 Round: phase 0 `train_predict` (local epochs, then soft predictions on the round's
 public batch, uploaded as `soft`); phase 1 `distill` (each agent gets its own target
-`target` and distils towards it). Subclasses only say how targets are formed.
+`target` and distils towards it). Subclasses only say how targets are formed;
+`WeightedTargets` forms them from a teacher-by-student weight matrix recomputed each round.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from coordinator.strategies import ktpfl_math as km
 from coordinator.strategies.base import (
     AgentInfo,
+    Inspection,
     Instruction,
     Reply,
     RunContext,
@@ -72,6 +75,44 @@ class SoftTargetStrategy(Strategy, abc.ABC):
         wire = str(self.ctx.params["wire"])
         assert wire in ("float32", "float16", "int8")
         return wire  # type: ignore[return-value]
+
+
+class WeightedTargets(SoftTargetStrategy, abc.ABC):
+    """t_n = sum_m w[m, n] s_m with w recomputed each round from the predictions alone
+    (Sim-pFL, TopK-pFL); `inspect` shows the last round's w."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self._last: tuple[np.ndarray, list[str]] | None = None
+
+    @abc.abstractmethod
+    def weights(self, soft: np.ndarray) -> np.ndarray:
+        """(k, k) weights from (k, R, C) predictions; column n weighs student n's teachers."""
+
+    def targets(self, round_: int, soft: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = list(soft)
+        stacked = km.as_distributions(np.stack([soft[a] for a in ids]))
+        w = self.weights(stacked)
+        self._last = (w, ids)
+        t = km.mixture(w, stacked)
+        return {a: t[i] for i, a in enumerate(ids)}
+
+    def inspect(self) -> dict[str, Inspection]:
+        """{"w": the last round's weights, agent ids as teacher rows and student columns}."""
+        if self._last is None:
+            return {}
+        w, ids = self._last
+        return {
+            "w": Inspection(
+                w,
+                ids,
+                ids,
+                f"{self.name} weights w[m, n] of the last round: weight of teacher m (row) in "
+                "the soft target of student n (column); columns sum to 1",
+                row_title="teacher m",
+                column_title="student n (column: weights of its teachers)",
+            )
+        }
 
 
 def expect_probabilities(soft: np.ndarray, agent_id: str) -> None:

@@ -5,18 +5,17 @@ authors' code instead keeps the top half)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 
 from coordinator.strategies import ktpfl_math as km
 from coordinator.strategies.base import RunContext
-from coordinator.strategies.soft_targets import SoftTargetStrategy
+from coordinator.strategies.soft_targets import WeightedTargets
 from pfl_edge.values import Scalar
 
 
-class TopKPFL(SoftTargetStrategy):
+class TopKPFL(WeightedTargets):
     name = "topk-pfl"
     params: ClassVar[dict[str, Scalar]] = {"topk_k": 5}
 
@@ -26,8 +25,5 @@ class TopKPFL(SoftTargetStrategy):
         if self.k < 1:
             raise ValueError(f"topk_k must be >= 1, got {self.k}")
 
-    def targets(self, round_: int, soft: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = list(soft)
-        stacked = km.as_distributions(np.stack([soft[a] for a in ids]))
-        t = km.mixture(km.topk_weights(stacked, self.k), stacked)
-        return {a: t[i] for i, a in enumerate(ids)}
+    def weights(self, soft: np.ndarray) -> np.ndarray:
+        return km.topk_weights(soft, self.k)
