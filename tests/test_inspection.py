@@ -58,6 +58,16 @@ def play_round(agents: list[ScriptedAgent]) -> None:
         a.answer(t)
 
 
+def complete_first_round(coord: Any, names: tuple[str, ...]) -> list[ScriptedAgent]:
+    """Register scripted agents, play round 1 and wait until the engine has completed it."""
+    agents = [ScriptedAgent(coord.target, n) for n in names]
+    for a in agents:
+        a.register()
+    play_round(agents)
+    wait_for(lambda: coord.engine.completed_rounds == 1, "round 1")
+    return agents
+
+
 def wait_for(cond: Any, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -120,11 +130,7 @@ def test_ktpfl_c_is_saved_drawn_and_served(tmp_path: Path) -> None:
 def test_algorithms_without_inspections_write_nothing(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, algorithm="fedmd", min_agents=2, rounds=1)
     with running_coordinator(cfg) as coord:
-        agents = [ScriptedAgent(coord.target, n) for n in ("a", "b")]
-        for a in agents:
-            a.register()
-        play_round(agents)
-        wait_for(lambda: coord.engine.completed_rounds == 1, "round 1")
+        agents = complete_first_round(coord, ("a", "b"))
         assert coord.running.http is not None
         assert get_json(coord.running.http.address, "/inspect") == {"round": 1, "names": []}
         for a in agents:
@@ -193,11 +199,7 @@ def test_http_can_be_disabled(tmp_path: Path) -> None:
 def test_resumed_run_serves_its_last_round_at_once(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, algorithm="kt-pfl", min_agents=2, rounds=3)
     with running_coordinator(cfg) as coord:
-        agents = [ScriptedAgent(coord.target, n) for n in ("a", "b")]
-        for a in agents:
-            a.register()
-        play_round(agents)
-        wait_for(lambda: coord.engine.completed_rounds == 1, "round 1")
+        agents = complete_first_round(coord, ("a", "b"))
         for a in agents:
             a.close()
     with running_coordinator(cfg) as coord:
