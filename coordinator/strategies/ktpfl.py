@@ -37,11 +37,11 @@ from coordinator.strategies.base import (
     Reply,
     RunContext,
 )
-from coordinator.strategies.soft_targets import SoftTargetStrategy
+from coordinator.strategies.soft_targets import WeightedTargets
 from pfl_edge.values import Scalar
 
 
-class KTPFL(SoftTargetStrategy):
+class KTPFL(WeightedTargets):
     name = "kt-pfl"
     params: ClassVar[dict[str, Scalar]] = {
         "c_lr": 5.0,
@@ -59,7 +59,6 @@ class KTPFL(SoftTargetStrategy):
         self.projection: km.Projection = projection
         self.agent_ids: list[str] = []
         self.c = np.zeros((0, 0))
-        self._round_soft: tuple[list[str], np.ndarray] | None = None
         self._last_update: dict[str, float] = {}
 
     def begin_round(self, round_: int, agents: Sequence[AgentInfo]) -> dict[str, Instruction]:
@@ -67,22 +66,18 @@ class KTPFL(SoftTargetStrategy):
         self.agent_ids.extend(a.agent_id for a in agents if a.agent_id not in known)
         if len(self.agent_ids) > self.c.shape[0]:
             self.c = km.grow(self.c, len(self.agent_ids))
-        self._round_soft = None
+        self.mixed = None
         return super().begin_round(round_, agents)
 
-    def targets(self, round_: int, soft: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = list(soft)
-        stacked = km.as_distributions(np.stack([soft[a] for a in ids]))
-        self._round_soft = (ids, stacked)
-        t = km.mixture(km.block_weights(self.c, self._index(ids)), stacked)
-        return {a: t[i] for i, a in enumerate(ids)}
+    def weights(self, ids: Sequence[str], soft: np.ndarray) -> np.ndarray:
+        return km.block_weights(self.c, self._index(ids))
 
     def after_distill(self, round_: int, replies: Mapping[str, Reply]) -> None:
         """One c step on the predictions uploaded in this round's phase 0 (all agents that
         uploaded them, whether or not their distillation reply arrived)."""
-        if self._round_soft is None:
+        if self.mixed is None:
             return
-        ids, stacked = self._round_soft
+        ids, stacked = self.mixed.ids, self.mixed.soft
         sizes = np.array([max(1, self.agents[a].num_train_samples) for a in ids], dtype=float)
         before = self.c
         self.c, objective = km.update_block(
@@ -100,7 +95,7 @@ class KTPFL(SoftTargetStrategy):
             "c_objective": objective,
             "c_max_change": float(np.abs(self.c - before).max()),
         }
-        self._round_soft = None
+        self.mixed = None
 
     def coefficients(self) -> tuple[np.ndarray, list[str]]:
         """A copy of c ([teacher m, student n]) and the agent ids of its rows and columns."""

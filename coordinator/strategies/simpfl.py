@@ -4,6 +4,8 @@ included), recomputed every round from the predictions alone; nothing is learned
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from coordinator.strategies import ktpfl_math as km
@@ -13,5 +15,5 @@ from coordinator.strategies.soft_targets import WeightedTargets
 class SimPFL(WeightedTargets):
     name = "sim-pfl"
 
-    def weights(self, soft: np.ndarray) -> np.ndarray:
+    def weights(self, ids: Sequence[str], soft: np.ndarray) -> np.ndarray:
         return km.sim_weights(soft)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -77,37 +78,48 @@ class SoftTargetStrategy(Strategy, abc.ABC):
         return wire  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """What formed the latest targets: answering agents, their predictions (k, R, C) as
+    distributions, and the weights (k, k) that mixed them."""
+
+    ids: list[str]
+    soft: np.ndarray
+    weights: np.ndarray
+
+
 class WeightedTargets(SoftTargetStrategy, abc.ABC):
-    """t_n = sum_m w[m, n] s_m with w recomputed each round from the predictions alone
-    (Sim-pFL, TopK-pFL); `inspect` shows the last round's w."""
+    """t_n = sum_m w[m, n] s_m over the answering agents (KT-pFL, Sim-pFL, TopK-pFL);
+    `inspect` shows the latest w."""
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
-        self._last: tuple[np.ndarray, list[str]] | None = None
+        self.mixed: Mixed | None = None
 
     @abc.abstractmethod
-    def weights(self, soft: np.ndarray) -> np.ndarray:
-        """(k, k) weights from (k, R, C) predictions; column n weighs student n's teachers."""
+    def weights(self, ids: Sequence[str], soft: np.ndarray) -> np.ndarray:
+        """(k, k) weights for agents `ids` with predictions `soft` (k, R, C); column n
+        weighs student n's teachers."""
 
     def targets(self, round_: int, soft: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = list(soft)
         stacked = km.as_distributions(np.stack([soft[a] for a in ids]))
-        w = self.weights(stacked)
-        self._last = (w, ids)
+        w = self.weights(ids, stacked)
+        self.mixed = Mixed(ids, stacked, w)
         t = km.mixture(w, stacked)
         return {a: t[i] for i, a in enumerate(ids)}
 
     def inspect(self) -> dict[str, Inspection]:
-        """{"w": the last round's weights, agent ids as teacher rows and student columns}."""
-        if self._last is None:
+        """{"w": the latest weights, agent ids as teacher rows and student columns}."""
+        if self.mixed is None:
             return {}
-        w, ids = self._last
+        w, ids = self.mixed.weights, self.mixed.ids
         return {
             "w": Inspection(
                 w,
                 ids,
                 ids,
-                f"{self.name} weights w[m, n] of the last round: weight of teacher m (row) in "
+                f"{self.name} weights w[m, n] of the latest round: weight of teacher m (row) in "
                 "the soft target of student n (column); columns sum to 1",
                 row_title="teacher m",
                 column_title="student n (column: weights of its teachers)",

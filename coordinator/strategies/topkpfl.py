@@ -5,6 +5,7 @@ authors' code instead keeps the top half)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -25,5 +26,5 @@ class TopKPFL(WeightedTargets):
         if self.k < 1:
             raise ValueError(f"topk_k must be >= 1, got {self.k}")
 
-    def weights(self, soft: np.ndarray) -> np.ndarray:
+    def weights(self, ids: Sequence[str], soft: np.ndarray) -> np.ndarray:
         return km.topk_weights(soft, self.k)
