@@ -28,6 +28,7 @@ def test_defaults_and_overrides() -> None:
         ({"distil_lr": 0.1}, "unknown algorithm parameter"),
         ({"distill_optimizer": "rmsprop"}, "must be one of"),
         ({"optimizer": "lbfgs"}, "must be one of"),
+        ({"optimizer_state": "epoch"}, "must be one of"),
         ({"distill_lr": "fast"}, "must be float"),
         ({"t2_scaling": 1}, "must be bool"),
         ({"local_epochs": -1}, "must not be negative"),
@@ -60,3 +61,19 @@ def test_distillation_uses_distill_optimizer_and_local_training_optimizer() -> N
         KTPFLLearner(ctx_bad).handle(
             TaskView(1, 1, "distill", {"target": target}, {}, np.arange(32))
         )
+
+
+@pytest.mark.parametrize(
+    ("given", "keep"),
+    [({}, True), ({"optimizer_state": "run"}, True), ({"optimizer_state": "call"}, False)],
+)
+def test_learner_keeps_its_optimizer_unless_told_otherwise(
+    given: dict[str, str], keep: bool
+) -> None:
+    """A run config without optimizer_state (an older coordinator) gets the default."""
+    x, y = separable(8, 0)
+    params = {k: v for k, v in COMMON.items() if k != "optimizer_state"} | given
+    ctx = LearnerContext(
+        "a", linear(), ClientData(x, y, x, y), x, params, 2, np.random.default_rng(0)
+    )
+    assert KTPFLLearner(ctx).optimizers.keep is keep

@@ -20,6 +20,7 @@ import torch
 
 from edge_agent import training
 from pfl_edge.data.partition import ClientData
+from pfl_edge.params import COMMON
 from pfl_edge.values import Scalar
 
 
@@ -67,9 +68,9 @@ class Learner(abc.ABC):
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
         self.spans: list[Span] = []
-        self.optimizers = training.Optimizers(
-            ctx.model, keep=ctx.params["optimizer_state"] == "run"
-        )
+        # A coordinator older than optimizer_state sends none: COMMON's default applies.
+        state = ctx.params.get("optimizer_state", COMMON["optimizer_state"])
+        self.optimizers = training.Optimizers(ctx.model, keep=state == "run")
 
     @abc.abstractmethod
     def handle(self, task: TaskView) -> LearnerReply:
