@@ -73,9 +73,36 @@ class Optimizers:
         return opt
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    return any(isinstance(m, kinds) for m in model.modules())
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, x: npt.NDArray[np.generic], *, batch_size: int = 512
+) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``x`` under the current
+    weights: a train-mode forward pass without gradients, batch statistics averaged with
+    equal weight (momentum None), as torch.optim.swa_utils.update_bn does. A model without
+    BatchNorm, or fewer than 2 samples, leaves the model as it is; its mode is restored."""
+    norms = _batchnorms(model)
+    if not norms or len(x) < 2:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    device = _device(model)
+    try:
+        with torch.no_grad():
+            for batch in _batches(x, batch_size):
+                if len(batch) > 1:
+                    model(batch.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def _fit(
@@ -101,7 +128,7 @@ def _fit(
     elif optimizers.model is not model:
         raise ValueError("these Optimizers belong to another model")
     opt = optimizers.get(optimizer, lr)
-    skip_single = _has_batchnorm(model)
+    skip_single = bool(_batchnorms(model))
     model.train()
     total, count = 0.0, 0
     for _ in range(epochs):

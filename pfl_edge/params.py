@@ -24,6 +24,9 @@ COMMON: dict[str, Scalar] = {
     # "run": each agent keeps one optimizer per kind for the run, shared by local training
     # and distillation; "call": a fresh one per training call (see edge_agent.training).
     "optimizer_state": "run",
+    # After every training call (local, distillation, mutual), BatchNorm running statistics
+    # are re-estimated on the agent's private training data (edge_agent.training).
+    "recalibrate_bn": True,
     "temperature": 3.0,
     "t2_scaling": False,
     "wire": "float32",

@@ -11,7 +11,7 @@ from edge_agent.learners.base import LearnerContext, TaskView
 from edge_agent.learners.ktpfl import KTPFLLearner
 from pfl_edge.data.partition import ClientData
 from pfl_edge.params import COMMON, resolve
-from tests.test_training import linear, separable
+from tests.test_training import linear, separable, with_batchnorm
 
 torch.set_num_threads(1)
 
@@ -77,3 +77,26 @@ def test_learner_keeps_its_optimizer_unless_told_otherwise(
         "a", linear(), ClientData(x, y, x, y), x, params, 2, np.random.default_rng(0)
     )
     assert KTPFLLearner(ctx).optimizers.keep is keep
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_learner_recalibrates_batchnorm_on_private_data_after_distillation(
+    recalibrate: bool,
+) -> None:
+    """Distilling on a brighter public batch: with recalibrate_bn the running mean is that
+    of the private images again; without, it keeps a trace of the public batch."""
+    torch.manual_seed(0)
+    x, y = separable(32, 0)
+    public = np.clip(x.astype(np.int64) + 90, 0, 255).astype(np.uint8)
+    model = with_batchnorm()
+    params = dict(COMMON) | {"recalibrate_bn": recalibrate}
+    ctx = LearnerContext(
+        "a", model, ClientData(x, y, x, y), public, params, 2, np.random.default_rng(0)
+    )
+    learner = KTPFLLearner(ctx)
+    target = np.full((32, 2), 0.5, dtype=np.float32)
+    learner.handle(TaskView(1, 1, "distill", {"target": target}, {}, np.arange(32)))
+    with torch.no_grad():
+        private_mean = model[:2](torch.from_numpy(x.astype(np.float32) / 255)).mean(0)
+    close = torch.allclose(model[2].running_mean, private_mean, rtol=1e-5, atol=1e-6)
+    assert close is recalibrate

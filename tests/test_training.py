@@ -12,6 +12,7 @@ from edge_agent.training import (
     distill,
     evaluate,
     predict_logits,
+    recalibrate_batchnorm,
     seed_everything,
     soft_predictions,
     train_epochs,
@@ -233,3 +234,30 @@ def test_kept_optimizer_takes_each_calls_learning_rate_and_refuses_another_model
             rng=np.random.default_rng(0),
             optimizers=optimizers,
         )
+
+
+def test_recalibrate_batchnorm_sets_statistics_of_the_given_data() -> None:
+    """Distillation on shifted (public) images leaves running statistics of those; after
+    recalibration they are exactly the mean and unbiased variance of the BatchNorm's input
+    over the given images, whatever the batching, and momentum and mode are as before."""
+    seed_everything(0)
+    x, y = separable(40, 5)
+    shifted = np.clip(x.astype(np.int64) + 90, 0, 255).astype(np.uint8)
+    model = with_batchnorm()
+    train_epochs(model, shifted, y, epochs=3, batch_size=8, lr=0.01, rng=np.random.default_rng(0))
+    bn = model[2]
+    assert isinstance(bn, nn.BatchNorm1d)
+    with torch.no_grad():
+        inputs = model[:2](torch.from_numpy(x.astype(np.float32) / 255))
+    assert not torch.allclose(bn.running_mean, inputs.mean(0), atol=1e-2)
+    model.eval()
+    recalibrate_batchnorm(model, x, batch_size=40)
+    torch.testing.assert_close(bn.running_mean, inputs.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, inputs.var(0), rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1 and not model.training
+    recalibrate_batchnorm(model, x, batch_size=8)  # 5 batches, equally weighted
+    torch.testing.assert_close(bn.running_mean, inputs.mean(0), rtol=1e-5, atol=1e-6)
+    # One sample has no batch statistics: the model is left as it was.
+    before = bn.running_var.clone()
+    recalibrate_batchnorm(model, shifted[:1])
+    assert torch.equal(bn.running_var, before)

@@ -68,9 +68,7 @@ class Learner(abc.ABC):
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
         self.spans: list[Span] = []
-        # A coordinator older than optimizer_state sends none: COMMON's default applies.
-        state = ctx.params.get("optimizer_state", COMMON["optimizer_state"])
-        self.optimizers = training.Optimizers(ctx.model, keep=state == "run")
+        self.optimizers = training.Optimizers(ctx.model, keep=self.p("optimizer_state") == "run")
 
     @abc.abstractmethod
     def handle(self, task: TaskView) -> LearnerReply:
@@ -92,13 +90,25 @@ class Learner(abc.ABC):
     # Helpers most learners share.
 
     def p(self, key: str) -> Scalar:
+        """The run's value of parameter `key`; a COMMON one the run config lacks (a
+        coordinator older than that parameter) takes COMMON's default."""
+        if key in COMMON:
+            return self.ctx.params.get(key, COMMON[key])
         return self.ctx.params[key]
+
+    def settle_batchnorm(self) -> None:
+        """After training: BatchNorm running statistics re-estimated on the private training
+        data if the run says `recalibrate_bn`. Distillation and mutual learning feed the
+        public batch in train mode, which leaves statistics of the public distribution that
+        evaluation on the agent's own data would then use (README, KT-pFL)."""
+        if self.p("recalibrate_bn"):
+            training.recalibrate_batchnorm(self.ctx.model, self.ctx.data.x_train)
 
     def train_local(self) -> float:
         """The run's local epochs on private data (cross-entropy); mean loss of the last."""
         data = self.ctx.data
         with self.busy("train"):
-            return training.train_epochs(
+            loss = training.train_epochs(
                 self.ctx.model,
                 data.x_train,
                 data.y_train,
@@ -109,6 +119,8 @@ class Learner(abc.ABC):
                 optimizer=str(self.p("optimizer")),
                 optimizers=self.optimizers,
             )
+            self.settle_batchnorm()
+        return loss
 
     def test_accuracy(self) -> float:
         """Accuracy on the agent's own held-out split."""

@@ -56,6 +56,7 @@ class DistillationLearner(Learner):
                 optimizer=str(self.p("distill_optimizer")),
                 optimizers=self.optimizers,
             )
+            self.settle_batchnorm()
         return LearnerReply({}, {"distill_loss": loss, "test_acc": self.test_accuracy()})
 
 

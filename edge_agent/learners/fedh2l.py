@@ -60,4 +60,5 @@ class FedH2LLearner(Learner):
                 optimizer=str(self.p("optimizer")),
                 optimizers=self.optimizers,
             )
+            self.settle_batchnorm()
         return LearnerReply({}, {"train_loss": loss, "test_acc": self.test_accuracy()})
