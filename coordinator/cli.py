@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from coordinator import config, strategies
 from pfl_edge import logs
 from pfl_edge import params as run_params
+from pfl_edge.values import Scalar
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +62,17 @@ def _algorithms(name: str | None) -> int:
         return 0
     cls = strategies.get(name)
     for key, value in sorted({**run_params.COMMON, **cls.params}.items()):
-        print(f"{key} = {value!r}")
+        print(f"{key} = {_toml_value(value)}")
     return 0
+
+
+def _toml_value(value: Scalar) -> str:
+    """A parameter as a TOML value, ready to paste under [algorithm]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    return repr(value)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ its own optimizer setting."""
 
 from __future__ import annotations
 
+import tomllib
+
 import numpy as np
 import pytest
 import torch
 
+from coordinator import cli, strategies
 from edge_agent.learners.base import LearnerContext, TaskView
 from edge_agent.learners.ktpfl import KTPFLLearner
 from pfl_edge.data.partition import ClientData
@@ -14,6 +17,18 @@ from pfl_edge.params import COMMON, resolve
 from tests.test_training import linear, separable, with_batchnorm
 
 torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("algorithm", ["kt-pfl", "fedh2l"])
+def test_listed_parameters_paste_into_the_config_as_toml(
+    algorithm: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pfl-coordinator algorithms --params NAME` prints TOML that reads back as the defaults
+    (booleans as true/false, strings quoted)."""
+    assert cli.main(["algorithms", "--params", algorithm]) == 0
+    listed = tomllib.loads(capsys.readouterr().out)
+    assert listed == {**COMMON, **strategies.get(algorithm).params}
+    assert listed["recalibrate_bn"] is True
 
 
 def test_defaults_and_overrides() -> None:
