@@ -95,6 +95,7 @@ class Engine:
         self.params = dict(params)
         self.public = public
         self.store = store
+        self.run_uid = store.run_uid()
         self.meter = meter
         self.strategy = strategy_cls(
             RunContext(params, cfg.public.num_classes, cfg.public.per_round, cfg.run.seed)
@@ -309,6 +310,7 @@ class Engine:
             params=to_values(self.params),
             chunk_bytes=self.cfg.server.chunk_bytes,
             max_message_bytes=self.cfg.server.max_message_bytes,
+            run_uid=self.run_uid,
         )
 
     def _accept(self, rec: AgentRecord, msg: Message) -> None:

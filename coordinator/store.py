@@ -11,6 +11,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,15 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._lock, self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def run_uid(self) -> str:
+        """This run's unique id: made on first use, the same after every restart."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('run_uid', ?)", (uuid.uuid4().hex,)
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'run_uid'").fetchone()
+        return str(row[0])
 
     def save_agent(self, agent_id: str, info: Mapping[str, Any], transport: str) -> None:
         with self._lock, self._db:

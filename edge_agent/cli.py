@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     mqtt.add_argument("--tls-ca", help="CA file that signed the broker's certificate (TLS on)")
     mqtt.add_argument("--tls-cert", help="client certificate (mutual TLS; with --tls-key)")
     mqtt.add_argument("--tls-key", help="key of --tls-cert")
-    run.add_argument("--out", type=Path, default=Path("."), help="where model.onnx goes")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="where model.onnx and the state saved after each round go",
+    )
     run.add_argument("--cache-dir", type=Path, help="public-set cache (default ~/.cache/pfl-edge)")
     run.add_argument("--num-classes", type=int, default=10)
     run.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_agent import learners, training
+from edge_agent import checkpoint, learners, training
 from edge_agent.learners.base import Learner, LearnerContext, LearnerReply, Span, TaskView
 from edge_agent.models import build_model, parameter_count
 from edge_agent.onnx_export import export_onnx
@@ -261,6 +261,25 @@ class Agent:
                 rng=self.rng,
             )
         )
+        identity = self._identity()
+        if identity is not None:
+            done = checkpoint.restore(
+                self._state_path, identity, self.model, self.learner.optimizers, self.rng
+            )
+            if done is not None:
+                log.info("resumed from the state saved after round %d (%s)", done, self._state_path)
+
+    @property
+    def _state_path(self) -> Path:
+        return self.opts.out_dir / checkpoint.FILE_NAME
+
+    def _identity(self) -> checkpoint.Identity | None:
+        """Whose saved state this agent may take; None for a coordinator too old to say
+        which run this is (then nothing is saved or restored)."""
+        cfg = self.run_config
+        if cfg is None or not cfg.run_uid:
+            return None
+        return checkpoint.Identity(cfg.run_uid, self.opts.agent_id, self.opts.model, cfg.algorithm)
 
     def _task(self, msg: Message) -> None:
         env = msg.envelope
@@ -328,8 +347,18 @@ class Agent:
         self._send(env.round, remember=key, blobs=blobs, result=result)
         self.refusals = 0
         acc = reply.metrics.get("test_acc")
-        if acc is not None:
+        if acc is not None:  # the round's last reply
             log.info("round %d: test accuracy %.4f", env.round, acc)
+            identity = self._identity()
+            if identity is not None and task.action != FINISH:
+                checkpoint.save(
+                    self._state_path,
+                    identity,
+                    env.round,
+                    self.model,
+                    self.learner.optimizers,
+                    self.rng,
+                )
 
     def _finish(self) -> LearnerReply:
         start = time.time()

@@ -10,7 +10,8 @@ BatchNorm skips a batch of one.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +72,16 @@ class Optimizers:
         for group in opt.param_groups:
             group["lr"] = lr
         return opt
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The kept optimizers' states by kind (empty when none is kept)."""
+        return {name: opt.state_dict() for name, opt in self._kept.items()}
+
+    def load_state_dict(self, states: Mapping[str, dict[str, Any]]) -> None:
+        """Take back kept optimizers from `state_dict()`; ignored when nothing is kept."""
+        if self.keep:
+            for name, state in states.items():
+                self.get(name, 0.0).load_state_dict(state)
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

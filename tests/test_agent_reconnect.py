@@ -7,76 +7,29 @@ result refused, reconnects, registers again and is counted in round 2 and the fi
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from edge_agent.runtime import Agent, AgentOptions
-from pfl_edge.data._npz import save_npz_atomic
+from edge_agent.runtime import Agent
 from pfl_edge.framing import Message
-from tests.harness import NUM_CLASSES, ScriptedAgent, make_config, running_coordinator
+from tests.agent_threads import SHAPE, WAIT_S, config, options, start, wait_until
+from tests.harness import ScriptedAgent, running_coordinator
 
 pytestmark = pytest.mark.timeout(90)
 
-SHAPE = (1, 16, 16)
-"""The smallest images the model zoo takes."""
 PHASE_TIMEOUT_S = 8.0
 """Round 1 waits this long for the late agent; round 2 gives it this long to come back."""
-WAIT_S = 60.0
-
-
-def images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
-
-
-def write_private(path: Path) -> Path:
-    rng = np.random.default_rng(1)
-    save_npz_atomic(
-        path,
-        {
-            "x_train": images(32, 2),
-            "y_train": rng.integers(0, NUM_CLASSES, 32).astype(np.int64),
-            "x_test": images(8, 3),
-            "y_test": rng.integers(0, NUM_CLASSES, 8).astype(np.int64),
-        },
-    )
-    return path
-
-
-def wait_until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_agent_reconnects_after_a_refused_result_and_carries_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    cfg = make_config(tmp_path, algorithm="local", min_agents=2, phase_timeout_s=PHASE_TIMEOUT_S)
-    public = tmp_path / "public16.npz"
-    np.savez(public, x=images(cfg.public.samples, 0))
-    cfg = replace(cfg, public=replace(cfg.public, dataset=str(public)))
+    cfg = config(tmp_path, algorithm="local", min_agents=2, phase_timeout_s=PHASE_TIMEOUT_S)
     with running_coordinator(cfg) as coord:
-        agent = Agent(
-            AgentOptions(
-                agent_id="a",
-                coordinator=f"grpc://{coord.target}",
-                model="lenet5",
-                data=write_private(tmp_path / "a.npz"),
-                out_dir=tmp_path / "a",
-                cache_dir=tmp_path / "cache",
-                num_classes=NUM_CLASSES,
-            )
-        )
+        agent = Agent(options(tmp_path, coord.target, "a"))
         answer = agent._task
 
         def late_in_round_1(msg: Message) -> None:
@@ -86,15 +39,7 @@ def test_agent_reconnects_after_a_refused_result_and_carries_on(
 
         agent._task = late_in_round_1  # type: ignore[method-assign]
         outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["final"] = agent.run()
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=run, name="agent-a", daemon=True)
-        thread.start()
+        thread = start(agent, outcome)
         other = ScriptedAgent(coord.target, "b")
         try:
             other.register(input_shape=SHAPE)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pfl_edge.v1 import tensor_pb2 as pfl__edge_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apfl_edge/v1/messages.proto\x12\x0bpfl_edge.v1\x1a\x18pfl_edge/v1/tensor.proto\"T\n\x05Value\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"q\n\rDeviceProfile\x12\x10\n\x08\x63pu_arch\x18\x01 \x01(\t\x12\x11\n\tcpu_cores\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\"d\n\tModelInfo\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\"\xbd\x01\n\x08Register\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x1a.pfl_edge.v1.DeviceProfile\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.pfl_edge.v1.ModelInfo\x12\x19\n\x11num_train_samples\x18\x04 \x01(\x04\x12\x18\n\x10num_test_samples\x18\x05 \x01(\x04\x12\x1a\n\x12public_data_sha256\x18\x06 \x01(\t\"m\n\x0ePublicDataInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x14\n\x0csample_shape\x18\x04 \x03(\r\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\"\xa7\x02\n\tRunConfig\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\r\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\r\x12\x30\n\x0bpublic_data\x18\x04 \x01(\x0b\x32\x1b.pfl_edge.v1.PublicDataInfo\x12\x32\n\x06params\x18\x05 \x03(\x0b\x32\".pfl_edge.v1.RunConfig.ParamsEntry\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pfl_edge.v1.Value:\x02\x38\x01\"#\n\x11PublicDataRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\\\n\nPublicData\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.pfl_edge.v1.PublicDataInfo\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.pfl_edge.v1.Tensor\">\n\x0fPublicSelection\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\xeb\x01\n\x04Task\x12\r\n\x05phase\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12,\n\x06public\x18\x03 \x01(\x0b\x32\x1c.pfl_edge.v1.PublicSelection\x12-\n\x06params\x18\x04 \x03(\x0b\x32\x1d.pfl_edge.v1.Task.ParamsEntry\x12$\n\x07tensors\x18\x05 \x03(\x0b\x32\x13.pfl_edge.v1.Tensor\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pfl_edge.v1.Value:\x02\x38\x01\">\n\x08Interval\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\x12\n\nstart_unix\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_unix\x18\x03 \x01(\x01\"\xd5\x01\n\x06Result\x12\r\n\x05phase\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12$\n\x07tensors\x18\x03 \x03(\x0b\x32\x13.pfl_edge.v1.Tensor\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .pfl_edge.v1.Result.MetricsEntry\x12#\n\x04\x62usy\x18\x05 \x03(\x0b\x32\x15.pfl_edge.v1.Interval\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcb\x01\n\x07Metrics\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .pfl_edge.v1.Metrics.ValuesEntry\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .pfl_edge.v1.Metrics.LabelsEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.pfl_edge.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xdb\x03\n\x08\x45nvelope\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12)\n\x08register\x18\n \x01(\x0b\x32\x15.pfl_edge.v1.RegisterH\x00\x12,\n\nrun_config\x18\x0b \x01(\x0b\x32\x16.pfl_edge.v1.RunConfigH\x00\x12=\n\x13public_data_request\x18\x0c \x01(\x0b\x32\x1e.pfl_edge.v1.PublicDataRequestH\x00\x12.\n\x0bpublic_data\x18\r \x01(\x0b\x32\x17.pfl_edge.v1.PublicDataH\x00\x12!\n\x04task\x18\x0e \x01(\x0b\x32\x11.pfl_edge.v1.TaskH\x00\x12%\n\x06result\x18\x0f \x01(\x0b\x32\x13.pfl_edge.v1.ResultH\x00\x12\'\n\x07metrics\x18\x10 \x01(\x0b\x32\x14.pfl_edge.v1.MetricsH\x00\x12#\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.pfl_edge.v1.ErrorH\x00\x12)\n\x08shutdown\x18\x12 \x01(\x0b\x32\x15.pfl_edge.v1.ShutdownH\x00\x42\x06\n\x04\x62ody\"m\n\x04Head\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\'\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.pfl_edge.v1.Envelope\x12\x12\n\nblob_bytes\x18\x03 \x03(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\r\"s\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62lob\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0f\n\x07xxh3_64\x18\x07 \x01(\x06J\x04\x08\x04\x10\x05J\x04\x08\x06\x10\x07R\x06sha256R\x05\x63rc32\"\x82\x01\n\x05\x46rame\x12)\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x15.pfl_edge.v1.EnvelopeH\x00\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x11.pfl_edge.v1.HeadH\x00\x12#\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x12.pfl_edge.v1.ChunkH\x00\x42\x06\n\x04kind*\xbd\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x03\x12\x1d\n\x19\x45RROR_CODE_ALREADY_EXISTS\x10\x04\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\x05\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x06\x12\x18\n\x14\x45RROR_CODE_DATA_LOSS\x10\x07\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\x08\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apfl_edge/v1/messages.proto\x12\x0bpfl_edge.v1\x1a\x18pfl_edge/v1/tensor.proto\"T\n\x05Value\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x04 \x01(\x08H\x00\x42\x06\n\x04kind\"q\n\rDeviceProfile\x12\x10\n\x08\x63pu_arch\x18\x01 \x01(\t\x12\x11\n\tcpu_cores\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\"d\n\tModelInfo\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\"\xbd\x01\n\x08Register\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x1a.pfl_edge.v1.DeviceProfile\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.pfl_edge.v1.ModelInfo\x12\x19\n\x11num_train_samples\x18\x04 \x01(\x04\x12\x18\n\x10num_test_samples\x18\x05 \x01(\x04\x12\x1a\n\x12public_data_sha256\x18\x06 \x01(\t\"m\n\x0ePublicDataInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x12\x14\n\x0csample_shape\x18\x04 \x03(\r\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\"\xb8\x02\n\tRunConfig\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\r\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\r\x12\x30\n\x0bpublic_data\x18\x04 \x01(\x0b\x32\x1b.pfl_edge.v1.PublicDataInfo\x12\x32\n\x06params\x18\x05 \x03(\x0b\x32\".pfl_edge.v1.RunConfig.ParamsEntry\x12\x13\n\x0b\x63hunk_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x0f\n\x07run_uid\x18\x08 \x01(\t\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pfl_edge.v1.Value:\x02\x38\x01\"#\n\x11PublicDataRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\\\n\nPublicData\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.pfl_edge.v1.PublicDataInfo\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x13.pfl_edge.v1.Tensor\">\n\x0fPublicSelection\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"\xeb\x01\n\x04Task\x12\r\n\x05phase\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12,\n\x06public\x18\x03 \x01(\x0b\x32\x1c.pfl_edge.v1.PublicSelection\x12-\n\x06params\x18\x04 \x03(\x0b\x32\x1d.pfl_edge.v1.Task.ParamsEntry\x12$\n\x07tensors\x18\x05 \x03(\x0b\x32\x13.pfl_edge.v1.Tensor\x1a\x41\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pfl_edge.v1.Value:\x02\x38\x01\">\n\x08Interval\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\x12\n\nstart_unix\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_unix\x18\x03 \x01(\x01\"\xd5\x01\n\x06Result\x12\r\n\x05phase\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12$\n\x07tensors\x18\x03 \x03(\x0b\x32\x13.pfl_edge.v1.Tensor\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .pfl_edge.v1.Result.MetricsEntry\x12#\n\x04\x62usy\x18\x05 \x03(\x0b\x32\x15.pfl_edge.v1.Interval\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcb\x01\n\x07Metrics\x12\x30\n\x06values\x18\x01 \x03(\x0b\x32 .pfl_edge.v1.Metrics.ValuesEntry\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .pfl_edge.v1.Metrics.LabelsEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.pfl_edge.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xdb\x03\n\x08\x45nvelope\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12)\n\x08register\x18\n \x01(\x0b\x32\x15.pfl_edge.v1.RegisterH\x00\x12,\n\nrun_config\x18\x0b \x01(\x0b\x32\x16.pfl_edge.v1.RunConfigH\x00\x12=\n\x13public_data_request\x18\x0c \x01(\x0b\x32\x1e.pfl_edge.v1.PublicDataRequestH\x00\x12.\n\x0bpublic_data\x18\r \x01(\x0b\x32\x17.pfl_edge.v1.PublicDataH\x00\x12!\n\x04task\x18\x0e \x01(\x0b\x32\x11.pfl_edge.v1.TaskH\x00\x12%\n\x06result\x18\x0f \x01(\x0b\x32\x13.pfl_edge.v1.ResultH\x00\x12\'\n\x07metrics\x18\x10 \x01(\x0b\x32\x14.pfl_edge.v1.MetricsH\x00\x12#\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.pfl_edge.v1.ErrorH\x00\x12)\n\x08shutdown\x18\x12 \x01(\x0b\x32\x15.pfl_edge.v1.ShutdownH\x00\x42\x06\n\x04\x62ody\"m\n\x04Head\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\'\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.pfl_edge.v1.Envelope\x12\x12\n\nblob_bytes\x18\x03 \x03(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x04 \x01(\r\"s\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x62lob\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x0f\n\x07xxh3_64\x18\x07 \x01(\x06J\x04\x08\x04\x10\x05J\x04\x08\x06\x10\x07R\x06sha256R\x05\x63rc32\"\x82\x01\n\x05\x46rame\x12)\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x15.pfl_edge.v1.EnvelopeH\x00\x12!\n\x04head\x18\x02 \x01(\x0b\x32\x11.pfl_edge.v1.HeadH\x00\x12#\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x12.pfl_edge.v1.ChunkH\x00\x42\x06\n\x04kind*\xbd\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x03\x12\x1d\n\x19\x45RROR_CODE_ALREADY_EXISTS\x10\x04\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\x05\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x06\x12\x18\n\x14\x45RROR_CODE_DATA_LOSS\x10\x07\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\x08\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICS_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_METRICS_LABELSENTRY']._loaded_options = None
   _globals['_METRICS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ERRORCODE']._serialized_start=2824
-  _globals['_ERRORCODE']._serialized_end=3141
+  _globals['_ERRORCODE']._serialized_start=2841
+  _globals['_ERRORCODE']._serialized_end=3158
   _globals['_VALUE']._serialized_start=69
   _globals['_VALUE']._serialized_end=153
   _globals['_DEVICEPROFILE']._serialized_start=155
@@ -55,41 +55,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLICDATAINFO']._serialized_start=564
   _globals['_PUBLICDATAINFO']._serialized_end=673
   _globals['_RUNCONFIG']._serialized_start=676
-  _globals['_RUNCONFIG']._serialized_end=971
-  _globals['_RUNCONFIG_PARAMSENTRY']._serialized_start=906
-  _globals['_RUNCONFIG_PARAMSENTRY']._serialized_end=971
-  _globals['_PUBLICDATAREQUEST']._serialized_start=973
-  _globals['_PUBLICDATAREQUEST']._serialized_end=1008
-  _globals['_PUBLICDATA']._serialized_start=1010
-  _globals['_PUBLICDATA']._serialized_end=1102
-  _globals['_PUBLICSELECTION']._serialized_start=1104
-  _globals['_PUBLICSELECTION']._serialized_end=1166
-  _globals['_TASK']._serialized_start=1169
-  _globals['_TASK']._serialized_end=1404
-  _globals['_TASK_PARAMSENTRY']._serialized_start=906
-  _globals['_TASK_PARAMSENTRY']._serialized_end=971
-  _globals['_INTERVAL']._serialized_start=1406
-  _globals['_INTERVAL']._serialized_end=1468
-  _globals['_RESULT']._serialized_start=1471
-  _globals['_RESULT']._serialized_end=1684
-  _globals['_RESULT_METRICSENTRY']._serialized_start=1638
-  _globals['_RESULT_METRICSENTRY']._serialized_end=1684
-  _globals['_METRICS']._serialized_start=1687
-  _globals['_METRICS']._serialized_end=1890
-  _globals['_METRICS_VALUESENTRY']._serialized_start=1798
-  _globals['_METRICS_VALUESENTRY']._serialized_end=1843
-  _globals['_METRICS_LABELSENTRY']._serialized_start=1845
-  _globals['_METRICS_LABELSENTRY']._serialized_end=1890
-  _globals['_ERROR']._serialized_start=1892
-  _globals['_ERROR']._serialized_end=1954
-  _globals['_SHUTDOWN']._serialized_start=1956
-  _globals['_SHUTDOWN']._serialized_end=1982
-  _globals['_ENVELOPE']._serialized_start=1985
-  _globals['_ENVELOPE']._serialized_end=2460
-  _globals['_HEAD']._serialized_start=2462
-  _globals['_HEAD']._serialized_end=2571
-  _globals['_CHUNK']._serialized_start=2573
-  _globals['_CHUNK']._serialized_end=2688
-  _globals['_FRAME']._serialized_start=2691
-  _globals['_FRAME']._serialized_end=2821
+  _globals['_RUNCONFIG']._serialized_end=988
+  _globals['_RUNCONFIG_PARAMSENTRY']._serialized_start=923
+  _globals['_RUNCONFIG_PARAMSENTRY']._serialized_end=988
+  _globals['_PUBLICDATAREQUEST']._serialized_start=990
+  _globals['_PUBLICDATAREQUEST']._serialized_end=1025
+  _globals['_PUBLICDATA']._serialized_start=1027
+  _globals['_PUBLICDATA']._serialized_end=1119
+  _globals['_PUBLICSELECTION']._serialized_start=1121
+  _globals['_PUBLICSELECTION']._serialized_end=1183
+  _globals['_TASK']._serialized_start=1186
+  _globals['_TASK']._serialized_end=1421
+  _globals['_TASK_PARAMSENTRY']._serialized_start=923
+  _globals['_TASK_PARAMSENTRY']._serialized_end=988
+  _globals['_INTERVAL']._serialized_start=1423
+  _globals['_INTERVAL']._serialized_end=1485
+  _globals['_RESULT']._serialized_start=1488
+  _globals['_RESULT']._serialized_end=1701
+  _globals['_RESULT_METRICSENTRY']._serialized_start=1655
+  _globals['_RESULT_METRICSENTRY']._serialized_end=1701
+  _globals['_METRICS']._serialized_start=1704
+  _globals['_METRICS']._serialized_end=1907
+  _globals['_METRICS_VALUESENTRY']._serialized_start=1815
+  _globals['_METRICS_VALUESENTRY']._serialized_end=1860
+  _globals['_METRICS_LABELSENTRY']._serialized_start=1862
+  _globals['_METRICS_LABELSENTRY']._serialized_end=1907
+  _globals['_ERROR']._serialized_start=1909
+  _globals['_ERROR']._serialized_end=1971
+  _globals['_SHUTDOWN']._serialized_start=1973
+  _globals['_SHUTDOWN']._serialized_end=1999
+  _globals['_ENVELOPE']._serialized_start=2002
+  _globals['_ENVELOPE']._serialized_end=2477
+  _globals['_HEAD']._serialized_start=2479
+  _globals['_HEAD']._serialized_end=2588
+  _globals['_CHUNK']._serialized_start=2590
+  _globals['_CHUNK']._serialized_end=2705
+  _globals['_FRAME']._serialized_start=2708
+  _globals['_FRAME']._serialized_end=2838
 # @@protoc_insertion_point(module_scope)

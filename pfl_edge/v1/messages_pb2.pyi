@@ -100,7 +100,7 @@ class PublicDataInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., num_samples: _Optional[int] = ..., sample_shape: _Optional[_Iterable[int]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class RunConfig(_message.Message):
-    __slots__ = ("algorithm", "total_rounds", "completed_rounds", "public_data", "params", "chunk_bytes", "max_message_bytes")
+    __slots__ = ("algorithm", "total_rounds", "completed_rounds", "public_data", "params", "chunk_bytes", "max_message_bytes", "run_uid")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class RunConfig(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUN_UID_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     total_rounds: int
     completed_rounds: int
@@ -122,7 +123,8 @@ class RunConfig(_message.Message):
     params: _containers.MessageMap[str, Value]
     chunk_bytes: int
     max_message_bytes: int
-    def __init__(self, algorithm: _Optional[str] = ..., total_rounds: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., public_data: _Optional[_Union[PublicDataInfo, _Mapping]] = ..., params: _Optional[_Mapping[str, Value]] = ..., chunk_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    run_uid: str
+    def __init__(self, algorithm: _Optional[str] = ..., total_rounds: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., public_data: _Optional[_Union[PublicDataInfo, _Mapping]] = ..., params: _Optional[_Mapping[str, Value]] = ..., chunk_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., run_uid: _Optional[str] = ...) -> None: ...
 
 class PublicDataRequest(_message.Message):
     __slots__ = ("sha256",)

@@ -1,0 +1,90 @@
+"""An agent's training state, saved after every round so that a restarted agent goes on
+from where it stopped instead of from fresh weights: the model, the kept optimizers and
+the random generators, tagged with the run, agent, model and algorithm they belong to."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_agent.training import Optimizers
+
+log = logging.getLogger("pfl_edge.agent")
+
+FORMAT = 1
+FILE_NAME = "agent_state.pt"
+
+
+@dataclass(frozen=True)
+class Identity:
+    run_uid: str
+    agent_id: str
+    model: str
+    algorithm: str
+
+
+def save(
+    path: Path,
+    identity: Identity,
+    round_: int,
+    model: nn.Module,
+    optimizers: Optimizers,
+    rng: np.random.Generator,
+) -> None:
+    """Write the state after `round_` atomically (a crash mid-write keeps the previous)."""
+    state = {
+        "format": FORMAT,
+        **asdict(identity),
+        "round": round_,
+        "model_state": model.state_dict(),
+        "optimizers": optimizers.state_dict(),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def restore(
+    path: Path,
+    identity: Identity,
+    model: nn.Module,
+    optimizers: Optimizers,
+    rng: np.random.Generator,
+) -> int | None:
+    """Load the state at `path` into the model, optimizers and generators if it belongs to
+    `identity`; return the round it was saved after. None, with everything untouched and the
+    reason logged, when there is no file or it is unreadable or someone else's."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # any unreadable file means: start fresh
+        log.warning("saved state %s is unreadable (%s); starting from fresh weights", path, exc)
+        return None
+    mine = asdict(identity)
+    theirs = {k: state.get(k) for k in mine} if isinstance(state, dict) else {}
+    if not isinstance(state, dict) or state.get("format") != FORMAT or theirs != mine:
+        log.info(
+            "saved state %s belongs to %s, not %s; starting from fresh weights", path, theirs, mine
+        )
+        return None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model_state"].items()}
+    if got != expected:
+        log.warning("saved state %s does not fit the model; starting from fresh weights", path)
+        return None
+    model.load_state_dict(state["model_state"])
+    optimizers.load_state_dict(state["optimizers"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["round"])

@@ -1,0 +1,97 @@
+"""An agent's saved state: a restored agent trains on exactly as the uninterrupted one
+would; someone else's, unreadable or ill-fitting state is refused with the model
+untouched."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent import checkpoint
+from edge_agent.training import Optimizers, seed_everything, train_epochs
+from tests.test_training import linear, separable, with_batchnorm
+
+torch.set_num_threads(1)
+
+ME = checkpoint.Identity("run-1", "a", "tiny_bn", "kt-pfl")
+
+
+def params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in model.state_dict().values()]).float()
+
+
+def epoch(model: torch.nn.Module, opts: Optimizers, rng: np.random.Generator) -> None:
+    x, y = separable(40, 0)
+    # Dropout draws from torch's generator, the batches from rng: both must be restored.
+    train_epochs(model, x, y, epochs=1, batch_size=8, lr=0.01, rng=rng, optimizers=opts)
+
+
+def dropout_bn() -> torch.nn.Module:
+    return torch.nn.Sequential(with_batchnorm(), torch.nn.Dropout(0.3))
+
+
+def test_restored_agent_continues_exactly_like_the_uninterrupted_one(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.FILE_NAME
+    seed_everything(0)
+    model, rng = dropout_bn(), np.random.default_rng(0)
+    opts = Optimizers(model, keep=True)
+    epoch(model, opts, rng)
+    checkpoint.save(path, ME, 3, model, opts, rng)
+    epoch(model, opts, rng)  # the uninterrupted agent's next round
+
+    seed_everything(99)  # a restarted process: other weights, other random state
+    fresh, fresh_rng = dropout_bn(), np.random.default_rng(99)
+    fresh_opts = Optimizers(fresh, keep=True)
+    assert checkpoint.restore(path, ME, fresh, fresh_opts, fresh_rng) == 3
+    epoch(fresh, fresh_opts, fresh_rng)
+    torch.testing.assert_close(params(fresh), params(model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        replace(ME, run_uid="run-2"),
+        replace(ME, agent_id="b"),
+        replace(ME, model="lenet5"),
+        replace(ME, algorithm="fedmd"),
+    ],
+)
+def test_someone_elses_state_is_not_taken(
+    tmp_path: Path, other: checkpoint.Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / checkpoint.FILE_NAME
+    model = with_batchnorm()
+    checkpoint.save(path, other, 1, model, Optimizers(model, keep=True), np.random.default_rng(0))
+    mine = with_batchnorm()
+    before = params(mine)
+    assert (
+        checkpoint.restore(path, ME, mine, Optimizers(mine, keep=True), np.random.default_rng(1))
+        is None
+    )
+    assert torch.equal(params(mine), before)
+    assert "starting from fresh weights" in caplog.text
+
+
+def test_unreadable_or_ill_fitting_state_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / checkpoint.FILE_NAME
+    model = with_batchnorm()
+    opts, rng = Optimizers(model, keep=True), np.random.default_rng(0)
+    assert checkpoint.restore(path, ME, model, opts, rng) is None  # no file yet
+    path.write_bytes(b"not a torch file")
+    assert checkpoint.restore(path, ME, model, opts, rng) is None
+    assert "unreadable" in caplog.text
+    other = linear()  # same identity, another shape: e.g. a changed --num-classes
+    checkpoint.save(path, ME, 1, other, Optimizers(other, keep=True), rng)
+    before = params(model)
+    assert checkpoint.restore(path, ME, model, opts, rng) is None
+    assert "does not fit the model" in caplog.text
+    assert torch.equal(params(model), before)
+    assert not list(tmp_path.glob("*.tmp"))
