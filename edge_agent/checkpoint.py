@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def restore(
 ) -> int | None:
     """Load the state at `path` into the model, optimizers and generators if it belongs to
     `identity`; return the round it was saved after. None, with everything untouched and the
-    reason logged, when there is no file or it is unreadable or someone else's."""
+    reason logged, when there is no file or it is unreadable, someone else's or unusable."""
     if not path.exists():
         return None
     try:
@@ -78,13 +79,29 @@ def restore(
             "saved state %s belongs to %s, not %s; starting from fresh weights", path, theirs, mine
         )
         return None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state["model_state"].items()}
-    if got != expected:
-        log.warning("saved state %s does not fit the model; starting from fresh weights", path)
+    try:
+        _check(state, model, rng)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        log.warning("saved state %s cannot be used (%s); starting from fresh weights", path, exc)
         return None
     model.load_state_dict(state["model_state"])
     optimizers.load_state_dict(state["optimizers"])
     rng.bit_generator.state = json.loads(state["numpy_rng"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["round"])
+
+
+def _check(state: dict[str, Any], model: nn.Module, rng: np.random.Generator) -> None:
+    """Raise unless every part of `state` can be loaded, trying each on a throwaway so that
+    nothing of the agent's changes when one part is bad."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model_state"].items()}
+    if got != expected:
+        raise ValueError("it does not fit the model")
+    Optimizers(model, keep=True).load_state_dict(state["optimizers"])
+    type(rng.bit_generator)().state = json.loads(state["numpy_rng"])
+    torch_rng = state["torch_rng"]
+    current = torch.get_rng_state()
+    if not isinstance(torch_rng, torch.Tensor) or torch_rng.shape != current.shape:
+        raise TypeError("torch_rng is not a torch generator state")
+    int(state["round"])

@@ -92,6 +92,39 @@ def test_unreadable_or_ill_fitting_state_is_refused(
     checkpoint.save(path, ME, 1, other, Optimizers(other, keep=True), rng)
     before = params(model)
     assert checkpoint.restore(path, ME, model, opts, rng) is None
-    assert "does not fit the model" in caplog.text
+    assert "it does not fit the model" in caplog.text
     assert torch.equal(params(model), before)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model_state", None),
+        ("optimizers", {"adam": {"state": {}, "param_groups": []}}),
+        ("optimizers", {"rmsprop": {}}),
+        ("numpy_rng", "not json"),
+        ("torch_rng", torch.zeros(3)),
+        ("round", None),
+    ],
+)
+def test_a_bad_part_refuses_the_whole_state(
+    tmp_path: Path, field: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our own identity but one part unusable: nothing is loaded, not even the good parts."""
+    path = tmp_path / checkpoint.FILE_NAME
+    seed_everything(0)
+    saved = with_batchnorm()
+    saved_opts = Optimizers(saved, keep=True)
+    epoch(saved, saved_opts, np.random.default_rng(0))
+    checkpoint.save(path, ME, 1, saved, saved_opts, np.random.default_rng(0))
+    state = torch.load(path, weights_only=True)
+    state[field] = value
+    torch.save(state, path)
+    model, rng = with_batchnorm(), np.random.default_rng(5)
+    opts = Optimizers(model, keep=True)
+    before, rng_before = params(model), rng.bit_generator.state
+    assert checkpoint.restore(path, ME, model, opts, rng) is None
+    assert "cannot be used" in caplog.text
+    assert torch.equal(params(model), before)
+    assert opts.state_dict() == {} and rng.bit_generator.state == rng_before
