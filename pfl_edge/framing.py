@@ -7,6 +7,11 @@ blob sizes) followed by Chunk frames: each a slice of one blob, in order, with i
 64-bit XXH3 hash. The receiver checks the declared sizes against its maximum before allocating,
 fills one buffer per blob, and verifies every chunk.
 
+Every message carries an id (an envelope frame's `message_id`, a head's `transfer_id`),
+unique per sender: a receiver drops a message it completed recently, and the chunks of
+one, so that an at-least-once transport (MQTT QoS 1 across a broker restart) delivers
+each message once.
+
 XXH3-64, not sha256 or CRC-32: a non-cryptographic hash that misses random corruption once
 in 2**64 chunks (sizes and order are checked apart) and costs about 7 ms per 100 MB on each
 side, against 40 for zlib's CRC-32 and 70 for sha256; that CPU decides a transfer's speed
@@ -19,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import logging
 import os
 import threading
 import weakref
@@ -34,6 +40,8 @@ from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.v1 import tensor_pb2 as tpb
 
+log = logging.getLogger(__name__)
+
 Buffer = bytes | bytearray | memoryview | np.ndarray
 """A blob: any C-contiguous buffer."""
 
@@ -45,6 +53,8 @@ RECYCLE_BYTES = MAX_MESSAGE_BYTES
 """Unused receive buffers a process keeps for reuse, at most (bytes)."""
 FRAMES_AHEAD = 4
 """Chunk frames a Framer builds ahead of the one its reader takes."""
+REMEMBERED_IDS = 1024
+"""Completed message ids a Reassembler remembers to drop repeats of."""
 
 _LEN = 2  # protobuf wire type of length-delimited fields
 
@@ -97,17 +107,20 @@ class Framer:
         if chunk_bytes < MIN_CHUNK_BYTES:
             raise ValueError(f"chunk_bytes must be at least {MIN_CHUNK_BYTES}, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
-        self._ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 16)
+        # Random per sender, and always in [2**48, 2**49): a 7-byte varint, so that a
+        # message's size on the wire does not vary from run to run.
+        start = 1 << 48 | int.from_bytes(os.urandom(4), "little") << 16
+        self._ids = itertools.count(start)
 
     def frames(self, msg: Message) -> Iterator[bytes]:
         env, blobs = msg.envelope, list(msg.blobs)
         if env.ByteSize() > self.chunk_bytes:
             env, blobs = externalize(env, blobs)
+        transfer_id = next(self._ids)
         if not blobs:
-            yield pb.Frame(envelope=env).SerializeToString()
+            yield pb.Frame(envelope=env, message_id=transfer_id).SerializeToString()
             return
         views = blob_views(blobs)
-        transfer_id = next(self._ids)
         head = pb.Head(
             transfer_id=transfer_id,
             envelope=env,
@@ -239,6 +252,7 @@ class Reassembler:
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     _open: dict[int, _Transfer] = field(default_factory=dict)
+    _done: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
 
     def feed(self, raw: bytes, wire_bytes: int) -> Received | None:
         """Add one serialized frame; returns the message once complete. Raises `Rejection`."""
@@ -255,9 +269,13 @@ class Reassembler:
         kind = frame.WhichOneof("kind")
         if kind == "envelope":
             _check_blob_refs(frame.envelope, 0)
+            if self._repeat(frame.message_id):
+                return None
+            self._remember(frame.message_id)
             return Received(Message(frame.envelope), wire_bytes, 1)
         if kind == "head":
-            self._start(frame.head, wire_bytes)
+            if not self._repeat(frame.head.transfer_id):
+                self._start(frame.head, wire_bytes)
             return None
         if kind == "chunk":
             c = frame.chunk
@@ -298,8 +316,23 @@ class Reassembler:
             raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
         self._open[head.transfer_id] = t
 
+    def _repeat(self, message_id: int) -> bool:
+        """Whether `message_id` is a message completed or under way (then it is logged)."""
+        if not message_id or (message_id not in self._done and message_id not in self._open):
+            return False
+        log.info("dropped a repeat of message %d (redelivered by the transport)", message_id)
+        return True
+
+    def _remember(self, message_id: int) -> None:
+        if message_id:
+            self._done[message_id] = None
+            if len(self._done) > REMEMBERED_IDS:
+                self._done.popitem(last=False)
+
     def _feed_chunk(self, c: _ChunkView, wire_bytes: int) -> Received | None:
         t = self._open.get(c.transfer_id)
+        if t is None and c.transfer_id in self._done:
+            return None  # a repeat of a message already complete
         if t is None:
             raise errors.data_loss(
                 f"chunk of unknown transfer {c.transfer_id}: its head was lost or refused"
@@ -335,6 +368,7 @@ class Reassembler:
         if t.remaining:
             return None
         del self._open[c.transfer_id]
+        self._remember(c.transfer_id)
         blobs: list[Buffer] = [_RECYCLER.lend(b) for b in t.buffers]
         return Received(Message(t.head.envelope, blobs), t.wire_bytes, t.frames)
 
@@ -342,7 +376,8 @@ class Reassembler:
         self._open.pop(transfer_id, None)
 
     def reset(self) -> None:
-        """Drop partial transfers (after a reconnect the sender starts over)."""
+        """Drop partial transfers (after a reconnect the sender starts over); completed
+        ids stay remembered."""
         self._open.clear()
 
 

@@ -14,7 +14,7 @@ import xxhash
 from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler, Received, blob_views
+from pfl_edge.framing import REMEMBERED_IDS, Framer, Message, Reassembler, Received, blob_views
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import OFFLOAD_FRAME_BYTES, GrpcServerTransport
@@ -49,6 +49,8 @@ def test_small_message_travels_in_one_frame() -> None:
     frames = frames_of(Message(pb.Envelope(agent_id="a", register=pb.Register())))
     assert len(frames) == 1
     assert pb.Frame.FromString(frames[0]).WhichOneof("kind") == "envelope"
+    others = [frames_of(Message(pb.Envelope(agent_id="a", register=pb.Register()))) for _ in "ab"]
+    assert {len(f[0]) for f in others} == {len(frames[0])}, "a random id of a varying size"
 
 
 def test_blobs_are_chunked_and_reassembled_bit_exact() -> None:
@@ -82,6 +84,35 @@ def test_repeated_chunk_is_ignored() -> None:
     frames = frames_of(big_message()[0])
     outs = feed_all([frames[0], frames[1], frames[1], *frames[2:]])
     assert outs[2] is None and outs[-1] is not None
+
+
+def test_repeated_message_is_delivered_once() -> None:
+    framer = Framer(chunk_bytes=CHUNK)
+    small = next(framer.frames(Message(pb.Envelope(agent_id="a", register=pb.Register()))))
+    big = list(framer.frames(big_message()[0]))
+    outs = feed_all([small, *big, small, *big])
+    assert [o is not None for o in outs].count(True) == 2
+    assert outs[0] is not None and outs[len(big)] is not None
+
+
+def test_repeat_of_a_head_under_way_is_ignored() -> None:
+    frames = frames_of(big_message()[0])
+    outs = feed_all([frames[0], frames[1], frames[0], frames[1], *frames[2:]])
+    assert outs[-1] is not None
+
+
+def test_a_message_forgotten_long_ago_is_delivered_again() -> None:
+    framer, r = Framer(chunk_bytes=CHUNK), Reassembler()
+    first = next(framer.frames(Message(pb.Envelope(agent_id="a"))))
+    assert r.feed(first, 1) is not None
+    for _ in range(REMEMBERED_IDS):
+        assert r.feed(next(framer.frames(Message(pb.Envelope(agent_id="a")))), 1) is not None
+    assert r.feed(first, 1) is not None
+
+
+def test_messages_without_an_id_are_never_taken_for_repeats() -> None:
+    raw = pb.Frame(envelope=pb.Envelope(agent_id="a")).SerializeToString()
+    assert all(o is not None for o in feed_all([raw, raw]))
 
 
 def test_gap_in_chunks_drops_the_transfer() -> None:

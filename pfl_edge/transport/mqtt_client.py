@@ -88,8 +88,9 @@ class MqttClientTransport(ClientTransport):
         """Open the session: a fresh one the first time, afterwards the one left behind
         (with what the broker queued for it)."""
         self.close()
-        self._inbox, self._reassembler = Inbox(), Reassembler(self._options.max_message_bytes)
-        self._peer_reassemblers = {}
+        self._inbox = Inbox()
+        for reassembler in (self._reassembler, *self._peer_reassemblers.values()):
+            reassembler.reset()  # keeps the ids of messages completed: repeats stay dropped
         session = mc.Session(
             self._host,
             self._port,

@@ -295,11 +295,13 @@ class Chunk(_message.Message):
     def __init__(self, transfer_id: _Optional[int] = ..., blob: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., xxh3_64: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("envelope", "head", "chunk")
+    __slots__ = ("envelope", "head", "chunk", "message_id")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     head: Head
     chunk: Chunk
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    message_id: int
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., head: _Optional[_Union[Head, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., message_id: _Optional[int] = ...) -> None: ...
