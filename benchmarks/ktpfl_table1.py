@@ -21,6 +21,9 @@ most of the run time, so one public set with local, fedmd and kt-pfl takes ~45 m
 
     python -m benchmarks.ktpfl_table1 --public mnist --algorithms local fedmd kt-pfl
     python -m benchmarks.ktpfl_table1 --quick    # smoke run, a minute or two
+
+`--add-to FILE --seeds 3 4` runs further seeds into a table written before (its settings
+must match) and rewrites it with every seed.
 """
 
 from __future__ import annotations
@@ -324,6 +327,20 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _earlier(path: Path, s: Settings) -> dict[str, Any]:
+    """The table at `path`, refused unless made with settings `s` (seeds and workers aside)."""
+    earlier = json.loads(path.read_text())
+    mine = {**asdict(s), "common_params": COMMON, "ktpfl_params": KTPFL.params}
+    differ = [
+        k
+        for k, v in mine.items()
+        if k not in ("seeds", "workers", "algorithms") and earlier["settings"].get(k) != v
+    ]
+    if differ:
+        raise SystemExit(f"{path} was made with other settings ({', '.join(differ)}): not added to")
+    return dict(earlier)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -349,6 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--workers", type=int, help="parallel runs (one torch thread each)")
     ap.add_argument(
+        "--add-to",
+        type=Path,
+        metavar="JSON",
+        help="a table written before with the same settings: run only the jobs it lacks "
+        "and write the union (to this file unless --out)",
+    )
+    ap.add_argument(
         "--out",
         type=Path,
         help="output JSON (default benchmarks/results/"
@@ -372,7 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(s.params) - set(COMMON).union(*(strategies.get(a).params for a in ALGORITHMS))
     if unknown:
         raise SystemExit(f"unknown parameter(s) {sorted(unknown)}")
-    out = args.out or RESULTS / ("ktpfl_table1_quick.json" if args.quick else "ktpfl_table1.json")
+    out = args.out or args.add_to
+    out = out or RESULTS / ("ktpfl_table1_quick.json" if args.quick else "ktpfl_table1.json")
+    earlier = _earlier(args.add_to, s) if args.add_to else {"results": [], "command": ""}
+    done = {(e["algorithm"], e["noniid"], e["public"], e["seed"]) for e in earlier["results"]}
 
     with_local = [p for p in args.public if "local" in s.algorithms[p]]
     jobs = [
@@ -381,18 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in args.public
         for a in s.algorithms[p]
         for seed in s.seeds
-        if not (a == "local" and p != with_local[0])
+        if not (a == "local" and p != with_local[0]) and (a, n, p, seed) not in done
     ]
     jobs.sort(key=lambda j: (-s.rounds[j.noniid], j.algorithm == "local"))
     print(f"{len(jobs)} runs on {s.workers} workers; settings: {json.dumps(asdict(s))}", flush=True)
     started = time.perf_counter()
-    results: list[dict[str, Any]] = []
+    results = [e for e in earlier["results"] if "shared_with" not in e]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(s.workers) as pool:
-        for entry in pool.imap_unordered(_run_job, [(j, s) for j in jobs]):
+        runs = pool.imap_unordered(_run_job, [(j, s) for j in jobs])
+        for i, entry in enumerate(runs, start=1):
             results.append(entry)
             print(
-                f"done {len(results)}/{len(jobs)}: {entry['algorithm']}/{entry['noniid']}/"
+                f"done {i}/{len(jobs)}: {entry['algorithm']}/{entry['noniid']}/"
                 f"{entry['public']}/seed{entry['seed']} acc {entry['final_mean_test_acc']:.4f}"
                 f" ({entry['wall_s']:.0f} s; {time.perf_counter() - started:.0f} s elapsed)",
                 flush=True,
@@ -401,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in with_local[1:]:
             results.append({**e, "public": p, "shared_with": with_local[0]})
     results.sort(key=lambda e: (e["noniid"], e["public"], e["algorithm"], e["seed"]))
+    s.seeds = sorted({e["seed"] for e in results})
+    command = " ".join(["python -m benchmarks.ktpfl_table1", *given])
 
     table = summarise(results)
     checks = check_targets(table)
@@ -408,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(
         json.dumps(
             {
-                "command": " ".join(["python -m benchmarks.ktpfl_table1", *given]),
+                "command": f"{earlier['command']}; {command}" if earlier["command"] else command,
                 "settings": {
                     **asdict(s),
                     "architectures": ARCHITECTURES,
