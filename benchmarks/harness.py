@@ -151,15 +151,17 @@ def run_fleet(
     curve_test_samples: int = 0,
     threads: int = 1,
     progress: Callable[[str], None] | None = None,
+    strategy_cls: type[Strategy] | None = None,
 ) -> FleetResult:
     """Run `rounds` rounds of `algorithm` over `agents` and return what was measured.
 
     `params` overrides pfl_edge.params.COMMON and the strategy's own parameters; `seed`
-    sets the run seed (sampling, public selections, agent seeds).
+    sets the run seed (sampling, public selections, agent seeds). `strategy_cls` replaces
+    the coordinator half of `algorithm` (an experiment's own), its agent half stays.
     """
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    strategy_cls = strategies.get(algorithm)
+    strategy_cls = strategy_cls or strategies.get(algorithm)
     learner_cls = learners.get(algorithm)
     run_params = resolve({**COMMON, **strategy_cls.params}, {**(params or {}), "seed": seed})
     strategy = strategy_cls(RunContext(run_params, num_classes, public_per_round, seed))
