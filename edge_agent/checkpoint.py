@@ -4,6 +4,7 @@ the random generators, tagged with the run, agent, model and algorithm they belo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,8 +39,13 @@ def save(
     model: nn.Module,
     optimizers: Optimizers,
     rng: np.random.Generator,
-) -> None:
-    """Write the state after `round_` atomically (a crash mid-write keeps the previous)."""
+) -> bool:
+    """Write the state after `round_` atomically (a crash mid-write keeps the previous).
+
+    A failed write (disk full, --out not writable) is logged and returns False: the round
+    is done and its reply sent, so the agent carries on; the file left is the previous
+    round's, and a restart would resume from there.
+    """
     state = {
         "format": FORMAT,
         **asdict(identity),
@@ -49,10 +55,23 @@ def save(
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)  # torch reports a failed write as RuntimeError
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        log.warning(
+            "could not save the agent state after round %d to %s: %s; carrying on (a restart "
+            "would resume from the state saved before, if any)",
+            round_,
+            path,
+            exc,
+        )
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def restore(

@@ -128,3 +128,20 @@ def test_a_bad_part_refuses_the_whole_state(
     assert "cannot be used" in caplog.text
     assert torch.equal(params(model), before)
     assert opts.state_dict() == {} and rng.bit_generator.state == rng_before
+
+
+def test_a_failed_save_is_logged_and_keeps_the_previous_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / checkpoint.FILE_NAME
+    model, rng = with_batchnorm(), np.random.default_rng(0)
+    opts = Optimizers(model, keep=True)
+    assert checkpoint.save(path, ME, 1, model, opts, rng)
+    epoch(model, opts, rng)
+    (tmp_path / (path.name + ".tmp")).mkdir()  # the write fails, as on a full disk
+    assert not checkpoint.save(path, ME, 2, model, opts, rng)
+    assert "could not save the agent state after round 2" in caplog.text
+    assert checkpoint.restore(path, ME, with_batchnorm(), Optimizers(model, keep=True), rng) == 1
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert not checkpoint.save(not_a_dir / checkpoint.FILE_NAME, ME, 2, model, opts, rng)
