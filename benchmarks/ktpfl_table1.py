@@ -430,6 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append({**e, "public": p, "shared_with": with_local[0]})
     results.sort(key=lambda e: (e["noniid"], e["public"], e["algorithm"], e["seed"]))
     s.seeds = sorted({e["seed"] for e in results})
+    s.algorithms = {
+        p: [a for a in ALGORITHMS if any((e["algorithm"], e["public"]) == (a, p) for e in results)]
+        for p in PUBLIC
+    }
     command = " ".join(["python -m benchmarks.ktpfl_table1", *given])
 
     table = summarise(results)
