@@ -64,7 +64,7 @@ def run_job(noniid: str, seed: int, s: t1.Settings) -> dict[str, Any]:
     result = run_fleet(
         LEARNER,
         fleet,
-        t1._public("mnist"),
+        t1.public_images("mnist"),
         num_classes=t1.NUM_CLASSES,
         rounds=s.rounds[noniid],
         public_per_round=s.public_per_round,
@@ -75,7 +75,7 @@ def run_job(noniid: str, seed: int, s: t1.Settings) -> dict[str, Any]:
         progress=lambda line: print(f"[{ORACLE}/{noniid}/seed{seed}] {line}", flush=True),
         strategy_cls=oracle_strategy(w),
     )
-    entry = t1._entry(t1.Job(ORACLE, noniid, "mnist", seed), result)
+    entry = t1.entry_of(t1.Job(ORACLE, noniid, "mnist", seed), result)
     mixes = np.array([[w[(m.agent_id, n.agent_id)] for n in fleet] for m in fleet])
     entry["teachers_per_student"] = float(np.mean((mixes > 1e-9).sum(axis=0)))
     return entry
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--noniid", nargs="+", choices=t1.NONIID, default=["classes-2"])
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
     ap.add_argument("--quick", action="store_true", help="Table 1's smoke-run settings")
-    ap.add_argument("--table", type=Path, default=Path("benchmarks/results/ktpfl_table1.json"))
+    ap.add_argument("--table", type=Path, default=t1.RESULTS / "ktpfl_table1.json")
     ap.add_argument("--out", type=Path, default=t1.RESULTS / "ktpfl_oracle_c.json")
     given = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(given)
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "command": " ".join(["python -m benchmarks.ktpfl_oracle_c", *given]),
                 "settings": {**asdict(s), "learner": LEARNER},
-                "table_compared": str(args.table),
+                "table_compared": args.table.name,
                 "paired": rows,
                 "results": results,
                 "wall_s": time.perf_counter() - started,

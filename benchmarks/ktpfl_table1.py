@@ -119,7 +119,8 @@ def _mnist() -> dict[str, np.ndarray]:
 
 
 @functools.cache
-def _public(name: str) -> np.ndarray:
+def public_images(name: str) -> np.ndarray:
+    """The public set `name` ("mnist": the MNIST validation split; "animals")."""
     return _mnist()["x_valid"] if name == "mnist" else load("animals")["x"]
 
 
@@ -174,7 +175,7 @@ def run_job(job: Job, s: Settings) -> dict[str, Any]:
     result = run_fleet(
         job.algorithm,
         fleet,
-        _public(job.public),
+        public_images(job.public),
         num_classes=NUM_CLASSES,
         rounds=s.rounds[job.noniid],
         public_per_round=s.public_per_round,
@@ -184,7 +185,7 @@ def run_job(job: Job, s: Settings) -> dict[str, Any]:
         threads=s.threads_per_worker,
         progress=progress,
     )
-    entry = _entry(job, result)
+    entry = entry_of(job, result)
     if isinstance(result.strategy, KTPFL):
         c, ids = result.strategy.coefficients()
         entry["c_similarity_spearman"] = c_similarity_spearman(c, ids, fleet)
@@ -194,7 +195,8 @@ def run_job(job: Job, s: Settings) -> dict[str, Any]:
     return entry
 
 
-def _entry(job: Job, r: FleetResult) -> dict[str, Any]:
+def entry_of(job: Job, r: FleetResult) -> dict[str, Any]:
+    """The `results` entry of one finished job."""
     return {
         "algorithm": job.algorithm,
         "noniid": job.noniid,
@@ -329,7 +331,7 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def _earlier(path: Path, s: Settings) -> dict[str, Any]:
     """The table at `path`, refused unless made with settings `s` (seeds and workers aside)."""
-    earlier = json.loads(path.read_text())
+    earlier: dict[str, Any] = json.loads(path.read_text())
     mine = {**asdict(s), "common_params": COMMON, "ktpfl_params": KTPFL.params}
     differ = [
         k
@@ -338,7 +340,7 @@ def _earlier(path: Path, s: Settings) -> dict[str, Any]:
     ]
     if differ:
         raise SystemExit(f"{path} was made with other settings ({', '.join(differ)}): not added to")
-    return dict(earlier)
+    return earlier
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -551,6 +551,28 @@ def test_a_message_published_twice_reaches_the_coordinator_once(
     assert inbound.received.empty()
 
 
+def test_a_message_redelivered_after_the_agent_reconnects_reaches_it_once(links: Links) -> None:
+    """As after a broker restart: the agent got a task, reconnected, and the broker delivers
+    the same frame again (QoS 1). A raw session stands in for the broker's redelivery."""
+    client = links.client()
+    coordinator = mc.Session(
+        "127.0.0.1", links.broker.port, "pfl:run-1:raw", subscriptions=[], on_message=print
+    )
+    coordinator.open(WAIT_S, fresh=True)
+    links.closers.append(coordinator.close)
+    framer, inbox = Framer(), mc.Topics(RUN).inbox("agent-a")
+    task = next(framer.frames(envelope(agent_id="agent-a", round=1, task=pb.Task(action="a"))))
+    coordinator.publish(inbox, task)
+    assert expect(client, "task").task.action == "a"
+    client.connect(WAIT_S)  # resumes the session
+    coordinator.publish(inbox, task)
+    coordinator.publish(
+        inbox, next(framer.frames(envelope(agent_id="agent-a", round=1, task=pb.Task(action="b"))))
+    )
+    assert expect(client, "task").task.action == "b"
+    assert client.recv(0.2) is None
+
+
 def test_a_starting_coordinator_makes_connected_agents_register_again(links: Links) -> None:
     early = links.client()
     early.send(register())  # no coordinator has subscribed yet: it reaches nobody
