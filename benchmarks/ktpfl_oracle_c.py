@@ -8,17 +8,18 @@ similarity of m's and n's training label histograms. In `classes-2` that similar
 1 for agents with the same two classes and 0 otherwise, so each student averages
 uniformly over the agents with its class mix (`teachers_per_student` says how many).
 
-Everything else (fleet, rounds, public samples, learner, wire, seeds) is
-benchmarks.ktpfl_table1's; the per-seed accuracies of the methods in its committed
-table are set beside the oracle's (`paired`), since seeds differ more than methods do.
+Everything else (fleet, rounds, public samples, learner, wire) is taken from the
+benchmarks.ktpfl_table1 table compared (`--table`), and the per-seed accuracies of its
+methods are set beside the oracle's (`paired`), since seeds differ more than methods do.
 
     python -m benchmarks.ktpfl_oracle_c --seeds 1 2 3 4
+    python -m benchmarks.ktpfl_table1 --quick && python -m benchmarks.ktpfl_oracle_c \
+        --seeds 0 --table benchmarks/results/ktpfl_table1_quick.json --out /tmp/oracle.json
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import sys
@@ -101,13 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--noniid", nargs="+", choices=t1.NONIID, default=["classes-2"])
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (one thread each)")
-    ap.add_argument("--quick", action="store_true", help="Table 1's smoke-run settings")
-    ap.add_argument("--table", type=Path, default=t1.RESULTS / "ktpfl_table1.json")
+    ap.add_argument(
+        "--table",
+        type=Path,
+        default=t1.RESULTS / "ktpfl_table1.json",
+        help="the ktpfl_table1 results compared: their settings are used",
+    )
     ap.add_argument("--out", type=Path, default=t1.RESULTS / "ktpfl_oracle_c.json")
     given = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(given)
 
-    s = dataclasses.replace(t1.QUICK if args.quick else t1.Settings(), seeds=args.seeds)
+    s, table = t1.settings_of(args.table)
+    s.seeds = args.seeds
     jobs = [(n, seed, s) for n in args.noniid for seed in args.seeds]
     print(f"{len(jobs)} runs on {args.workers} workers", flush=True)
     started = time.perf_counter()
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
     results.sort(key=lambda e: (e["noniid"], e["algorithm"], e["seed"]))
-    rows = paired(results, json.loads(args.table.read_text()))
+    rows = paired(results, table)
     args.out.write_text(
         json.dumps(
             {

@@ -35,7 +35,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -329,18 +329,26 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _earlier(path: Path, s: Settings) -> dict[str, Any]:
-    """The table at `path`, refused unless made with settings `s` (seeds and workers aside)."""
-    earlier: dict[str, Any] = json.loads(path.read_text())
+def check_settings(table: dict[str, Any], s: Settings, path: Path) -> None:
+    """Refuse (SystemExit) unless the table at `path` was made with settings `s` and the
+    current defaults of the learner and kt-pfl (seeds, workers and methods aside)."""
     mine = {**asdict(s), "common_params": COMMON, "ktpfl_params": KTPFL.params}
     differ = [
         k
         for k, v in mine.items()
-        if k not in ("seeds", "workers", "algorithms") and earlier["settings"].get(k) != v
+        if k not in ("seeds", "workers", "algorithms") and table["settings"].get(k) != v
     ]
     if differ:
-        raise SystemExit(f"{path} was made with other settings ({', '.join(differ)}): not added to")
-    return earlier
+        raise SystemExit(f"{path} was made with other settings ({', '.join(differ)})")
+
+
+def settings_of(path: Path) -> tuple[Settings, dict[str, Any]]:
+    """The settings the table at `path` was made with, and the table."""
+    table: dict[str, Any] = json.loads(path.read_text())
+    names = {f.name for f in fields(Settings)}
+    s = Settings(**{k: v for k, v in table["settings"].items() if k in names})
+    check_settings(table, s, path)
+    return s, table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -351,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 1 2)")
     ap.add_argument("--rounds", type=int, help="rounds in both settings")
     ap.add_argument("--public-per-round", type=int, help="public samples per round")
+    ap.add_argument("--train-per-agent", type=int, help="private training samples per agent")
     ap.add_argument(
         "--algorithms",
         nargs="+",
@@ -390,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.rounds = dict.fromkeys(NONIID, args.rounds)
     if args.public_per_round is not None:
         s.public_per_round = args.public_per_round
+    if args.train_per_agent is not None:
+        s.train_per_agent = args.train_per_agent
     if args.algorithms is not None:
         s.algorithms = dict.fromkeys(PUBLIC, args.algorithms)
     if args.workers is not None:
@@ -400,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown parameter(s) {sorted(unknown)}")
     out = args.out or args.add_to
     out = out or RESULTS / ("ktpfl_table1_quick.json" if args.quick else "ktpfl_table1.json")
-    earlier = _earlier(args.add_to, s) if args.add_to else {"results": [], "command": ""}
+    earlier: dict[str, Any] = {"results": [], "command": ""}
+    if args.add_to:
+        earlier = json.loads(args.add_to.read_text())
+        check_settings(earlier, s, args.add_to)
     done = {(e["algorithm"], e["noniid"], e["public"], e["seed"]) for e in earlier["results"]}
 
     with_local = [p for p in args.public if "local" in s.algorithms[p]]
