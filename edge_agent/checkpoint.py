@@ -1,6 +1,11 @@
 """An agent's training state, saved after every round so that a restarted agent goes on
 from where it stopped instead of from fresh weights: the model, the kept optimizers and
-the random generators, tagged with the run, agent, model and algorithm they belong to."""
+the random generators, tagged with the run, agent, model and algorithm they belong to.
+
+What is saved is the agent's choice (`SaveState`): Adam keeps two moments per parameter,
+so "full" writes about three times the parameters each round; "model" leaves the
+optimizers out (a restarted agent's optimizers start fresh), for boards whose flash
+should see fewer writes; "off" saves and restores nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +27,8 @@ log = logging.getLogger("pfl_edge.agent")
 
 FORMAT = 1
 FILE_NAME = "agent_state.pt"
+
+SaveState = Literal["full", "model", "off"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,11 @@ def save(
     identity: Identity,
     round_: int,
     model: nn.Module,
-    optimizers: Optimizers,
+    optimizers: Optimizers | None,
     rng: np.random.Generator,
 ) -> bool:
-    """Write the state after `round_` atomically (a crash mid-write keeps the previous).
+    """Write the state after `round_` atomically (a crash mid-write keeps the previous);
+    `optimizers` None leaves them out.
 
     A failed write (disk full, --out not writable) is logged and returns False: the round
     is done and its reply sent, so the agent carries on; the file left is the previous
@@ -51,7 +59,7 @@ def save(
         **asdict(identity),
         "round": round_,
         "model_state": model.state_dict(),
-        "optimizers": optimizers.state_dict(),
+        "optimizers": None if optimizers is None else optimizers.state_dict(),
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
     }
@@ -104,7 +112,10 @@ def restore(
         log.warning("saved state %s cannot be used (%s); starting from fresh weights", path, exc)
         return None
     model.load_state_dict(state["model_state"])
-    optimizers.load_state_dict(state["optimizers"])
+    if state["optimizers"] is None:
+        log.info("saved state %s holds no optimizer state; the optimizers start fresh", path)
+    else:
+        optimizers.load_state_dict(state["optimizers"])
     rng.bit_generator.state = json.loads(state["numpy_rng"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["round"])
@@ -117,7 +128,8 @@ def _check(state: dict[str, Any], model: nn.Module, rng: np.random.Generator) ->
     got = {k: tuple(v.shape) for k, v in state["model_state"].items()}
     if got != expected:
         raise ValueError("it does not fit the model")
-    Optimizers(model, keep=True).load_state_dict(state["optimizers"])
+    if state["optimizers"] is not None:
+        Optimizers(model, keep=True).load_state_dict(state["optimizers"])
     type(rng.bit_generator)().state = json.loads(state["numpy_rng"])
     torch_rng = state["torch_rng"]
     current = torch.get_rng_state()

@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("."),
         help="where model.onnx and the state saved after each round go",
     )
+    run.add_argument(
+        "--save-state",
+        choices=("full", "model", "off"),
+        default="full",
+        help="what is saved after each round for a restart: full (model, optimizers, random "
+        "state; with Adam about 3x the parameters), model (no optimizers: fewer flash writes, "
+        "a restart's optimizers start fresh), off (nothing saved or restored)",
+    )
     run.add_argument("--cache-dir", type=Path, help="public-set cache (default ~/.cache/pfl-edge)")
     run.add_argument("--num-classes", type=int, default=10)
     run.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -103,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         give_up_after_s=args.give_up_after,
+        save_state=args.save_state,
     )
     try:
         final = Agent(opts).run()

@@ -76,6 +76,8 @@ class AgentOptions:
     connect_timeout_s: float = 10.0
     give_up_after_s: float = 600.0
     """Stop retrying a connection after this long without the coordinator."""
+    save_state: checkpoint.SaveState = "full"
+    """What is saved after each round for a restart (edge_agent.checkpoint)."""
 
 
 class Agent:
@@ -274,10 +276,10 @@ class Agent:
         return self.opts.out_dir / checkpoint.FILE_NAME
 
     def _identity(self) -> checkpoint.Identity | None:
-        """Whose saved state this agent may take; None for a coordinator too old to say
-        which run this is (then nothing is saved or restored)."""
+        """Whose saved state this agent may take; None when saving is off or for a
+        coordinator too old to say which run this is (then nothing is saved or restored)."""
         cfg = self.run_config
-        if cfg is None or not cfg.run_uid:
+        if cfg is None or not cfg.run_uid or self.opts.save_state == "off":
             return None
         return checkpoint.Identity(cfg.run_uid, self.opts.agent_id, self.opts.model, cfg.algorithm)
 
@@ -356,7 +358,7 @@ class Agent:
                     identity,
                     env.round,
                     self.model,
-                    self.learner.optimizers,
+                    self.learner.optimizers if self.opts.save_state == "full" else None,
                     self.rng,
                 )
 

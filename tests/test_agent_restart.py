@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from edge_agent import checkpoint
+from edge_agent.checkpoint import SaveState
 from edge_agent.runtime import Agent
 from pfl_edge.framing import Message
 from tests.agent_threads import WAIT_S, config, options, start
@@ -30,13 +31,16 @@ def params(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([t.detach().flatten().float() for t in model.state_dict().values()])
 
 
+@pytest.mark.parametrize("save_state", ["full", "model"])
 def test_restarted_agent_resumes_from_its_saved_state(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, save_state: SaveState
 ) -> None:
     caplog.set_level(logging.INFO)
     cfg = config(tmp_path, algorithm="local", min_agents=1)
     with running_coordinator(cfg) as coord:
-        opts = options(tmp_path, coord.target, "a", model="resnet_small")
+        opts = replace(
+            options(tmp_path, coord.target, "a", model="resnet_small"), save_state=save_state
+        )
         first = Agent(opts)
         answer = first._task
         at_death: dict[str, torch.Tensor] = {}
@@ -79,3 +83,17 @@ def test_restarted_agent_resumes_from_its_saved_state(
     assert [r.round for r in rounds] == [1, 2]
     saved = torch.load(opts.out_dir / checkpoint.FILE_NAME, weights_only=True)
     assert (saved["round"], saved["run_uid"], saved["agent_id"]) == (2, run_uid, "a")
+    assert (saved["optimizers"] is None) == (save_state == "model")
+
+
+def test_an_agent_with_saving_off_writes_no_state(tmp_path: Path) -> None:
+    cfg = config(tmp_path, algorithm="local", min_agents=1)
+    with running_coordinator(cfg) as coord:
+        opts = replace(options(tmp_path, coord.target, "a"), save_state="off")
+        outcome: dict[str, Any] = {}
+        start(Agent(opts), outcome).join(WAIT_S)
+        rounds = coord.store.rounds()
+    assert "error" not in outcome, outcome.get("error")
+    assert [r.round for r in rounds] == [1, 2]
+    assert (opts.out_dir / "model.onnx").exists()
+    assert not (opts.out_dir / checkpoint.FILE_NAME).exists()

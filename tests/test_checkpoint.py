@@ -145,3 +145,23 @@ def test_a_failed_save_is_logged_and_keeps_the_previous_state(
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     assert not checkpoint.save(not_a_dir / checkpoint.FILE_NAME, ME, 2, model, opts, rng)
+
+
+def test_a_model_only_state_restores_the_model_and_fresh_optimizers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    full, slim = tmp_path / "full.pt", tmp_path / "slim.pt"
+    seed_everything(0)
+    model, rng = with_batchnorm(), np.random.default_rng(0)
+    opts = Optimizers(model, keep=True)
+    epoch(model, opts, rng)
+    assert checkpoint.save(full, ME, 4, model, opts, rng)
+    assert checkpoint.save(slim, ME, 4, model, None, rng)
+    assert slim.stat().st_size < full.stat().st_size
+    fresh = with_batchnorm()
+    fresh_opts = Optimizers(fresh, keep=True)
+    assert checkpoint.restore(slim, ME, fresh, fresh_opts, np.random.default_rng(9)) == 4
+    torch.testing.assert_close(params(fresh), params(model), rtol=0, atol=0)
+    assert fresh_opts.state_dict() == {}
+    assert "holds no optimizer state; the optimizers start fresh" in caplog.text
