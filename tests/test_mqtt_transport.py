@@ -556,7 +556,11 @@ def test_a_message_redelivered_after_the_agent_reconnects_reaches_it_once(links:
     the same frame again (QoS 1). A raw session stands in for the broker's redelivery."""
     client = links.client()
     coordinator = mc.Session(
-        "127.0.0.1", links.broker.port, "pfl:run-1:raw", subscriptions=[], on_message=print
+        "127.0.0.1",
+        links.broker.port,
+        "pfl:run-1:raw",
+        subscriptions=[],
+        on_message=lambda _t, _p: None,
     )
     coordinator.open(WAIT_S, fresh=True)
     links.closers.append(coordinator.close)
