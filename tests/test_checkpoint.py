@@ -5,6 +5,8 @@ untouched."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,3 +167,11 @@ def test_a_model_only_state_restores_the_model_and_fresh_optimizers(
     torch.testing.assert_close(params(fresh), params(model), rtol=0, atol=0)
     assert fresh_opts.state_dict() == {}
     assert "holds no optimizer state; the optimizers start fresh" in caplog.text
+
+
+def test_an_unknown_save_state_is_refused_by_the_agent_cli() -> None:
+    cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--coordinator", "grpc://h:1"]
+    cmd += ["--model", "lenet5", "--data", "x.npz", "--save-state", "optimizers"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--save-state: invalid choice: 'optimizers'" in proc.stderr
