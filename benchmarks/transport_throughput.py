@@ -40,9 +40,9 @@ from pfl_edge.accounting import ByteMeter
 from pfl_edge.broker import Broker
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import ClientTransport, ServerTransport
+from pfl_edge.transport.credentials import TransportOptions
 from pfl_edge.transport.factory import client_for, server_for
 from pfl_edge.transport.grpc_server import GrpcServerTransport
-from pfl_edge.transport.mqtt_common import TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 
 RESULTS = Path(__file__).parent / "results" / "transport.json"

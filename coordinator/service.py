@@ -18,8 +18,8 @@ from coordinator.store import Store
 from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import ServerTransport
+from pfl_edge.transport.credentials import Credentials, TransportOptions, load_credentials
 from pfl_edge.transport.factory import server_for
-from pfl_edge.transport.mqtt_common import Auth, TransportOptions, login
 from pfl_edge.values import Scalar
 
 log = logging.getLogger("pfl_edge.coordinator")
@@ -33,10 +33,10 @@ def resolve_params(cfg: RunConfig) -> dict[str, Scalar]:
         raise ConfigError(f"[algorithm] {exc}") from None
 
 
-def broker_login(server: ServerSection) -> Auth:
+def broker_login(server: ServerSection) -> Credentials:
     """The coordinator's MQTT broker login; ConfigError when a named file is unusable."""
     try:
-        return login(
+        return load_credentials(
             username=server.mqtt_username or None,
             password_file=server.mqtt_password_file or None,
             tls_ca=server.mqtt_tls_ca or None,
@@ -125,7 +125,7 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
         log.info("inspection endpoint on %s (/status, /inspect)", http.address)
     transports: list[ServerTransport] = []
     for url, auth in (
-        (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Auth()),
+        (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Credentials()),
         (cfg.server.mqtt, mqtt_login),
     ):
         if not url:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pfl_edge import logs
 
 if TYPE_CHECKING:
-    from pfl_edge.transport.mqtt_common import Auth
+    from pfl_edge.transport.credentials import Credentials
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,17 +129,17 @@ def _run(args: argparse.Namespace) -> int:
 _LOGIN_OPTIONS = ("mqtt_username", "mqtt_password_file", "tls_ca", "tls_cert", "tls_key")
 
 
-def _mqtt_login(args: argparse.Namespace) -> Auth | None:
+def _mqtt_login(args: argparse.Namespace) -> Credentials | None:
     """The broker login of --mqtt-*/--tls-*, None without any; ValueError says what is wrong."""
+    from pfl_edge.transport.credentials import load_credentials
     from pfl_edge.transport.factory import parse
-    from pfl_edge.transport.mqtt_common import login
 
     given = [f"--{k.replace('_', '-')}" for k in _LOGIN_OPTIONS if getattr(args, k) is not None]
     if not given:
         return None
     if parse(args.coordinator).scheme != "mqtt":
         raise ValueError(f"{', '.join(given)}: only for an mqtt:// --coordinator")
-    return login(
+    return load_credentials(
         username=args.mqtt_username,
         password_file=args.mqtt_password_file,
         tls_ca=args.tls_ca,

@@ -32,8 +32,8 @@ from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message, kind_of
 from pfl_edge.retry import retry
 from pfl_edge.transport.base import ClientTransport, TransportClosed
+from pfl_edge.transport.credentials import Credentials, TransportOptions
 from pfl_edge.transport.factory import client_for
-from pfl_edge.transport.mqtt_common import Auth, TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.values import Scalar, from_values
 
@@ -66,7 +66,7 @@ class AgentOptions:
     out_dir: Path
     run_id: str = "default"
     """Names the run on a shared broker (MQTT topics); gRPC ignores it."""
-    mqtt_login: Auth | None = None
+    mqtt_login: Credentials | None = None
     """Broker username, password and TLS files (MQTT only)."""
     cache_dir: Path | None = None
     num_classes: int = 10
@@ -146,7 +146,7 @@ class Agent:
             self.meter,
             agent_id=self.opts.agent_id,
             run_id=self.opts.run_id,
-            options=TransportOptions(login=self.opts.mqtt_login or Auth()),
+            options=TransportOptions(credentials=self.opts.mqtt_login or Credentials()),
         )
         self.transport = t
         self.registered = False

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pfl_edge.broker import require_tool
-from pfl_edge.transport.mqtt_common import TlsFiles
+from pfl_edge.transport.credentials import TlsFiles
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
 

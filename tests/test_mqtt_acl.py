@@ -22,6 +22,7 @@ from coordinator.config import ConfigError, RunConfig, ServerSection
 from coordinator.service import broker_login
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.framing import Message
+from pfl_edge.transport import credentials as cr
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.mqtt_client import MqttClientTransport
@@ -83,8 +84,10 @@ def coordinator(
         sb.broker.port,
         ByteMeter(),
         run_id=RUN,
-        options=mc.TransportOptions(
-            login=mc.Auth(password=sb.passwords["coordinator"], tls=sb.certs.client_tls())
+        options=cr.TransportOptions(
+            credentials=cr.Credentials(
+                password=sb.passwords["coordinator"], tls=sb.certs.client_tls()
+            )
         ),
         offline_grace_s=0.2,
     )
@@ -108,8 +111,10 @@ def agent(
         ByteMeter(),
         agent_id=agent_id,
         run_id=RUN,
-        options=mc.TransportOptions(
-            login=mc.Auth(user, password or sb.passwords[user or agent_id], sb.certs.client_tls())
+        options=cr.TransportOptions(
+            credentials=cr.Credentials(
+                user, password or sb.passwords[user or agent_id], sb.certs.client_tls()
+            )
         ),
     )
 
@@ -214,7 +219,9 @@ def test_anonymous_refused(secure_mosquitto: SecureBroker) -> None:
         secure_mosquitto.broker.port,
         ByteMeter(),
         agent_id="agent-a",
-        options=mc.TransportOptions(login=mc.Auth(tls=secure_mosquitto.certs.client_tls())),
+        options=cr.TransportOptions(
+            credentials=cr.Credentials(tls=secure_mosquitto.certs.client_tls())
+        ),
     )
     with pytest.raises(TransportClosed) as info:
         client.connect(WAIT_S)
@@ -236,8 +243,10 @@ def test_mutual_tls(mutual_tls_mosquitto: SecureBroker) -> None:
         ByteMeter(),
         agent_id="agent-a",
         run_id=RUN,
-        options=mc.TransportOptions(
-            login=mc.Auth(password=sb.passwords["agent-a"], tls=sb.certs.client_tls(mutual=True))
+        options=cr.TransportOptions(
+            credentials=cr.Credentials(
+                password=sb.passwords["agent-a"], tls=sb.certs.client_tls(mutual=True)
+            )
         ),
     )
     with_cert.connect(WAIT_S)
@@ -253,9 +262,9 @@ def test_mutual_tls(mutual_tls_mosquitto: SecureBroker) -> None:
 def test_login_reads_the_first_line_of_the_password_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret \nignored\n")
     (tmp_path / "ca.crt").write_text("")
-    auth = mc.login("agent-a", str(tmp_path / "pw"), str(tmp_path / "ca.crt"))
-    assert auth == mc.Auth("agent-a", "s3cret ", mc.TlsFiles(str(tmp_path / "ca.crt")))
-    assert mc.login() == mc.Auth()
+    auth = cr.load_credentials("agent-a", str(tmp_path / "pw"), str(tmp_path / "ca.crt"))
+    assert auth == cr.Credentials("agent-a", "s3cret ", cr.TlsFiles(str(tmp_path / "ca.crt")))
+    assert cr.load_credentials() == cr.Credentials()
 
 
 @pytest.mark.parametrize(
@@ -263,7 +272,7 @@ def test_login_reads_the_first_line_of_the_password_file(tmp_path: Path) -> None
     [
         ({"password_file": "missing"}, "cannot read the MQTT password file"),
         ({"password_file": "empty"}, "is empty"),
-        ({"tls_ca": "missing"}, "MQTT TLS CA file"),
+        ({"tls_ca": "missing"}, "TLS CA file"),
         ({"tls_ca": "ca", "tls_cert": "ca"}, "certificate and its key go together"),
         ({"tls_cert": "ca", "tls_key": "ca"}, "needs the CA file"),
     ],
@@ -272,7 +281,7 @@ def test_login_says_what_is_wrong(tmp_path: Path, files: dict[str, str], message
     (tmp_path / "empty").write_text("\n")
     (tmp_path / "ca").write_text("")
     with pytest.raises(ValueError, match=message):
-        mc.login(**{k: str(tmp_path / v) for k, v in files.items()})
+        cr.load_credentials(**{k: str(tmp_path / v) for k, v in files.items()})
 
 
 def test_coordinator_login_keys_need_a_broker(tmp_path: Path) -> None:

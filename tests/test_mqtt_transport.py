@@ -22,6 +22,7 @@ from pfl_edge.constants import CHUNK_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message
 from pfl_edge.netproxy import CountingProxy, SocketCounts, free_port
+from pfl_edge.transport import credentials as cr
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.factory import client_for, server_for
@@ -280,7 +281,7 @@ def test_factory_builds_mqtt_transports() -> None:
             "grpc://127.0.0.1:50051",
             meter,
             agent_id="a",
-            options=mc.TransportOptions(login=mc.Auth(password="x")),
+            options=cr.TransportOptions(credentials=cr.Credentials(password="x")),
         )
     with pytest.raises(ValueError, match="agent id 'a/b'"):
         client_for("mqtt://127.0.0.1", meter, agent_id="a/b")
@@ -618,7 +619,7 @@ def test_unreachable_broker() -> None:
 
 
 def test_chunks_above_the_broker_packet_limit_refused_at_connect(mosquitto: Broker) -> None:
-    too_large = mc.TransportOptions(chunk_bytes=2 * CHUNK_BYTES)
+    too_large = cr.TransportOptions(chunk_bytes=2 * CHUNK_BYTES)
     client = MqttClientTransport(
         "127.0.0.1", mosquitto.port, ByteMeter(), agent_id="a", options=too_large
     )

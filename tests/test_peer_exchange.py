@@ -25,6 +25,7 @@ from pfl_edge import peer_exchange as px
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.broker import Broker
 from pfl_edge.framing import Message
+from pfl_edge.transport import credentials as cr
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import ClientTransport
 from pfl_edge.transport.grpc_client import GrpcClientTransport
@@ -243,7 +244,7 @@ def test_forged_malformed_and_oversized_peer_messages_are_dropped(
         b_meter,
         agent_id="b",
         run_id=RUN,
-        options=mc.TransportOptions(max_message_bytes=1 << 20),
+        options=cr.TransportOptions(max_message_bytes=1 << 20),
     )
     a = MqttClientTransport("127.0.0.1", mosquitto.port, ByteMeter(), agent_id="a", run_id=RUN)
     raw = RawClient(mosquitto)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import GRPC_DEFAULT_PORT, MQTT_DEFAULT_PORT
 from pfl_edge.transport.base import ClientTransport, ServerTransport
-from pfl_edge.transport.mqtt_common import DEFAULT_OPTIONS, Auth, TransportOptions
+from pfl_edge.transport.credentials import DEFAULT_OPTIONS, Credentials, TransportOptions
 
 SCHEMES = ("grpc", "mqtt")
 
@@ -48,7 +48,7 @@ def client_for(
     run_id: str = "default",
     options: TransportOptions = DEFAULT_OPTIONS,
 ) -> ClientTransport:
-    """The agent's transport; `options.login` is for the MQTT broker."""
+    """The agent's transport; `options.credentials` is for the MQTT broker."""
     ep = parse(url)
     if ep.scheme == "grpc":
         from pfl_edge.transport.grpc_client import GrpcClientTransport
@@ -81,6 +81,6 @@ def server_for(
 
 def _grpc_sizes(ep: Endpoint, options: TransportOptions) -> dict[str, int]:
     """The gRPC transports' size arguments; ValueError if `options` has a broker login."""
-    if options.login != Auth():
+    if options.credentials != Credentials():
         raise ValueError(f"username, password and tls are MQTT broker settings; {ep} is gRPC")
     return {"chunk_bytes": options.chunk_bytes, "max_message_bytes": options.max_message_bytes}

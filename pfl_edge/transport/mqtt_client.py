@@ -31,6 +31,7 @@ from pfl_edge.framing import Framer, Message, Reassembler, kind_of
 from pfl_edge.peer_exchange import PEER_KIND
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import ClientTransport, Inbox, TransportClosed, record, record_sent
+from pfl_edge.transport.credentials import DEFAULT_OPTIONS, TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class MqttClientTransport(ClientTransport):
         *,
         agent_id: str,
         run_id: str = "default",
-        options: mc.TransportOptions = mc.DEFAULT_OPTIONS,
+        options: TransportOptions = DEFAULT_OPTIONS,
         reconnect_deadline_s: float = mc.RECONNECT_DEADLINE_SECONDS,
     ) -> None:
         """The broker username defaults to the agent id when a password is given."""
@@ -69,7 +70,7 @@ class MqttClientTransport(ClientTransport):
         self._all_peers_topic = topics.all_peer_frames
         self._options = options
         self._framer = Framer(options.chunk_bytes)
-        self._auth = options.login.with_default_user(agent_id)
+        self._credentials = options.credentials.with_default_user(agent_id)
         self._reconnect_deadline_s = reconnect_deadline_s
         self._session: mc.Session | None = None
         self._resume = False
@@ -98,7 +99,7 @@ class MqttClientTransport(ClientTransport):
             subscriptions=[self._inbox_topic, self._presence_topic, self._all_peers_topic],
             on_message=self._on_message,
             no_local=[self._all_peers_topic],
-            auth=self._auth,
+            credentials=self._credentials,
             largest_publish_bytes=mc.packet_limit(self._options.chunk_bytes),
             will=self._status(mc.OFFLINE, "connection to the broker lost (last will)"),
             online=self._status(mc.CONNECTED),

@@ -41,8 +41,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ParamSpec
 
 import paho.mqtt.client as paho
@@ -56,11 +55,11 @@ from pfl_edge.constants import (
     CHUNK_BYTES,
     KEEPALIVE_SECONDS,
     MAX_CHUNK_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
     RETRY_MAX_SECONDS,
 )
 from pfl_edge.retry import retry
 from pfl_edge.transport.base import TransportClosed
+from pfl_edge.transport.credentials import Credentials
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -250,77 +249,6 @@ frame plus the MQTT header (`packet_limit(CHUNK_BYTES)` stays below it)."""
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for a TLS connection: the CA that signed the broker's certificate, and
-    this side's certificate and key where the broker asks for one (mutual TLS)."""
-
-    ca_certs: str
-    certfile: str | None = None
-    keyfile: str | None = None
-
-
-@dataclass(frozen=True)
-class Auth:
-    """How to log in to the broker; all optional."""
-
-    username: str | None = None
-    password: str | None = None
-    tls: TlsFiles | None = None
-
-    def with_default_user(self, username: str) -> Auth:
-        """This login, with `username` where a password is given without one."""
-        if self.password is not None and self.username is None:
-            return replace(self, username=username)
-        return self
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    """A transport's settings besides its address and ids: the frame (chunk) and message
-    sizes, and the broker login. gRPC takes the sizes only (`login` must stay empty)."""
-
-    chunk_bytes: int = CHUNK_BYTES
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    login: Auth = Auth()
-
-
-DEFAULT_OPTIONS = TransportOptions()
-"""Default sizes, no broker login."""
-
-
-def login(
-    username: str | None = None,
-    password_file: str | None = None,
-    tls_ca: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-) -> Auth:
-    """Broker login from the file names a user gives: the password is the first line of
-    `password_file`; TLS needs the CA file, mutual TLS a certificate and its key as well.
-    ValueError says which file is missing, unreadable or empty."""
-    if (tls_cert is None) != (tls_key is None):
-        raise ValueError("an MQTT client certificate and its key go together: give both")
-    if tls_cert is not None and tls_ca is None:
-        raise ValueError("an MQTT client certificate needs the CA file that signed the broker's")
-    for what, path in (("CA", tls_ca), ("certificate", tls_cert), ("key", tls_key)):
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"MQTT TLS {what} file {path} not found")
-    password = None
-    if password_file is not None:
-        try:
-            lines = Path(password_file).read_text().splitlines()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read the MQTT password file {password_file}: {exc.strerror}"
-            ) from None
-        if not lines or not lines[0]:
-            raise ValueError(f"the MQTT password file {password_file} is empty")
-        password = lines[0]
-    tls = None if tls_ca is None else TlsFiles(tls_ca, tls_cert, tls_key)
-    return Auth(username, password, tls)
-
-
-@dataclass(frozen=True)
 class Announcement:
     """A fixed message: the last will, or a status published after each connect."""
 
@@ -350,7 +278,7 @@ class Session:
         subscriptions: Sequence[str],
         on_message: Callable[[str, bytes], None],
         no_local: Collection[str] = (),
-        auth: Auth | None = None,
+        credentials: Credentials | None = None,
         largest_publish_bytes: int = 0,
         will: Announcement | None = None,
         online: Announcement | None = None,
@@ -363,7 +291,7 @@ class Session:
         self._no_local = frozenset(no_local)
         """Subscriptions that do not deliver this client's own publishes (MQTT 5 No Local)."""
         self._on_message = on_message
-        self._auth = auth or Auth()
+        self._credentials = credentials or Credentials()
         self._largest_publish_bytes = largest_publish_bytes
         self._will = will
         self._online = online
@@ -394,10 +322,10 @@ class Session:
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
         client.on_socket_open = _no_delay
-        if self._auth.username is not None:
-            client.username_pw_set(self._auth.username, self._auth.password)
-        if self._auth.tls is not None:
-            tls = self._auth.tls
+        if self._credentials.username is not None:
+            client.username_pw_set(self._credentials.username, self._credentials.password)
+        if self._credentials.tls is not None:
+            tls = self._credentials.tls
             client.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile)
         return client
 
@@ -476,7 +404,7 @@ class Session:
         code = _REFUSALS.get(reason.value)
         if code is None:
             return None
-        who = self._auth.username or "anonymous"
+        who = self._credentials.username or "anonymous"
         return TransportClosed(
             f"MQTT broker at {self.endpoint} refused {self.client_id} (user {who}): {reason}", code
         )
@@ -640,7 +568,7 @@ class Session:
     def _check_ack(self, topic: str, reason: ReasonCode) -> None:
         if not reason.is_failure:
             return
-        who = self._auth.username or "anonymous"
+        who = self._credentials.username or "anonymous"
         code = pb.ERROR_CODE_PERMISSION_DENIED if reason.value == 0x87 else pb.ERROR_CODE_INTERNAL
         failure = TransportClosed(
             f"MQTT broker at {self.endpoint} refused a message of {self.client_id} (user {who}) "

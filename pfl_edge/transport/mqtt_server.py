@@ -32,6 +32,7 @@ from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import Inbound, ServerTransport, TransportClosed, record, record_sent
+from pfl_edge.transport.credentials import DEFAULT_OPTIONS, TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class MqttServerTransport(ServerTransport):
         meter: ByteMeter,
         *,
         run_id: str = "default",
-        options: mc.TransportOptions = mc.DEFAULT_OPTIONS,
+        options: TransportOptions = DEFAULT_OPTIONS,
         offline_grace_s: float = mc.OFFLINE_GRACE_SECONDS,
         connect_timeout_s: float = 10.0,
     ) -> None:
@@ -79,7 +80,7 @@ class MqttServerTransport(ServerTransport):
         self._topics = mc.Topics(run_id)
         self._options = options
         self._framer = Framer(options.chunk_bytes)
-        self._auth = options.login.with_default_user(mc.COORDINATOR_USERNAME)
+        self._credentials = options.credentials.with_default_user(mc.COORDINATOR_USERNAME)
         self._offline_grace_s = offline_grace_s
         self._connect_timeout_s = connect_timeout_s
         self._session: mc.Session | None = None
@@ -100,7 +101,7 @@ class MqttServerTransport(ServerTransport):
             mc.coordinator_client_id(self._run_id),
             subscriptions=[self._topics.all_frames, self._topics.all_status],
             on_message=self._on_message,
-            auth=self._auth,
+            credentials=self._credentials,
             largest_publish_bytes=mc.packet_limit(self._options.chunk_bytes),
             online=mc.Announcement(
                 self._topics.coordinator_presence, mc.status(self._run_id, "", mc.CONNECTED)
