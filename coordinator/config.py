@@ -53,9 +53,35 @@ MQTT_LOGIN_KEYS = (
 """[server] keys of the coordinator's broker login (pfl_edge.transport.mqtt_common.login)."""
 
 
+GRPC_TLS_KEYS = ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca")
+"""[server] keys of the gRPC listener's TLS."""
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass(frozen=True)
 class ServerSection:
     grpc: str = "127.0.0.1:50051"
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    """The coordinator's certificate and key (PEM, `pfl-edge certs init`): gRPC over TLS."""
+    grpc_tls_client_ca: str = ""
+    """CA that signs the agents' certificates: mutual TLS, each agent's id is its
+    certificate's common name; "" accepts agents without certificates."""
+    fleet: str = ""
+    """Fleet registry (fleet.toml of `pfl-edge certs`): only its members may join, each
+    with the certificate registered for it; re-read when the file changes. "" admits
+    any agent (any certificate of the CA, with mutual TLS)."""
+    insecure: bool = False
+    """Allow plaintext gRPC on an address other than loopback (a trusted network only)."""
+    register_timeout_s: float = 10.0
+    """A connection that has not registered within this is closed."""
+    transfer_timeout_s: float = 300.0
+    """A large message (chunked transfer) must arrive completely within this."""
+    max_connections: int = 4096
+    """Concurrent gRPC streams; more are refused (RESOURCE_EXHAUSTED)."""
+    register_rate: float = 50.0
+    """Registrations per second (bursts of 10 s worth); more are refused until there is room."""
     mqtt: str = ""
     mqtt_username: str = ""
     """Broker login; "" with a password file means "coordinator"."""
@@ -112,6 +138,33 @@ class RunConfig:
         for key in MQTT_LOGIN_KEYS:
             value = getattr(s, key)
             _check(not value or bool(s.mqtt), f"server.{key}", value, "used with server.mqtt")
+        tls = {key: getattr(s, key) for key in GRPC_TLS_KEYS}
+        for key, value in tls.items():
+            _check(not value or bool(s.grpc), f"server.{key}", value, "used with server.grpc")
+        _check(
+            bool(s.grpc_tls_cert) == bool(s.grpc_tls_key),
+            "server.grpc_tls_key",
+            s.grpc_tls_key,
+            "given together with server.grpc_tls_cert",
+        )
+        _check(
+            not s.grpc_tls_client_ca or bool(s.grpc_tls_cert),
+            "server.grpc_tls_client_ca",
+            s.grpc_tls_client_ca,
+            "used with server.grpc_tls_cert and grpc_tls_key (mutual TLS needs TLS)",
+        )
+        if s.grpc and not s.grpc_tls_cert and not s.insecure:
+            hostport = split_hostport(s.grpc)
+            _check(
+                hostport is None or hostport[0] in LOOPBACK_HOSTS,
+                "server.grpc",
+                s.grpc,
+                "a loopback address without TLS: set server.grpc_tls_cert and grpc_tls_key "
+                "(pfl-edge certs init), or insecure = true on a trusted network",
+            )
+        for name in ("register_timeout_s", "transfer_timeout_s", "register_rate"):
+            _check(getattr(s, name) > 0, f"server.{name}", getattr(s, name), "positive")
+        _check(s.max_connections >= 1, "server.max_connections", s.max_connections, "at least 1")
         _check(s.chunk_bytes >= 1024, "server.chunk_bytes", s.chunk_bytes, "at least 1024")
         _check(
             s.max_message_bytes >= s.chunk_bytes,

@@ -6,6 +6,7 @@ a queue and get each verdict back as a future, so a refused message changes noth
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import queue
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.admission import Admission
 from coordinator.config import ID_PATTERN, RunConfig
 from coordinator.inspection import Snapshot
 from coordinator.public import PublicSet
@@ -36,8 +38,9 @@ from pfl_edge import peer_exchange as px
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message, kind_of
-from pfl_edge.transport.base import Inbound, ServerTransport
+from pfl_edge.transport.base import Identity, Inbound, ServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
+from pfl_edge.v1.tensor_pb2 import Tensor
 from pfl_edge.values import Scalar, from_values, to_values
 
 log = logging.getLogger("pfl_edge.coordinator")
@@ -51,6 +54,10 @@ GATHER_WAIT_SHARE = 0.25
 """Share of the phase timeout an agent waits for missing peers' tensors of a gather."""
 
 
+PUBLIC_SENDS_PER_REGISTRATION = 2
+"""Public-set requests an agent may make per registration (it needs one; a retry)."""
+
+
 @dataclass
 class AgentRecord:
     info: AgentInfo
@@ -58,6 +65,10 @@ class AgentRecord:
     device: dict[str, Any]
     connected: bool = False
     disconnected_at: float = 0.0
+    cert_sha256: str | None = None
+    """Fingerprint of the client certificate it registered with (mutual TLS)."""
+    public_sent: int = 0
+    """Public sets sent since it registered."""
 
 
 @dataclass
@@ -90,8 +101,11 @@ class Engine:
         public: PublicSet,
         store: Store,
         meter: ByteMeter,
+        admission: Admission,
     ) -> None:
+        """`admission` decides who may register."""
         self.cfg = cfg
+        self.admission = admission
         self.params = dict(params)
         self.public = public
         self.store = store
@@ -114,6 +128,7 @@ class Engine:
         self._last_seq: dict[str, int] = {}
         """Highest message number seen per agent since it registered."""
         self._waiting_logged = 0.0
+        self._registry_checked = 0.0
         self.observers: list[Callable[[Snapshot], None]] = []
         """Called on the engine thread with each Snapshot (the service's HTTP board and
         inspection files); they must return quickly and keep no reference to engine state."""
@@ -127,9 +142,11 @@ class Engine:
         self.transports[transport.name] = transport
         return _Inbound(self, transport.name)
 
-    def submit(self, transport: str, peer: str | None, msg: Message) -> Future[list[Message]]:
+    def submit(
+        self, transport: str, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
         fut: Future[list[Message]] = Future()
-        self._events.put(("message", transport, peer, msg, fut))
+        self._events.put(("message", transport, peer, msg, identity, fut))
         return fut
 
     def disconnected(self, agent_id: str, reason: str) -> None:
@@ -159,7 +176,30 @@ class Engine:
                 if event[0] == "stop":
                     break
                 self._handle(event)
+            self._check_registry()
             self._advance()
+
+    def _check_registry(self) -> None:
+        """At most once a second: if the fleet registry changed, end the links of the
+        connected agents it no longer admits (their next registration is refused)."""
+        now = time.monotonic()
+        if now < self._registry_checked + 1.0:
+            return
+        self._registry_checked = now
+        if not self.admission.reload():
+            return
+        for agent_id, rec in self.agents.items():
+            if not rec.connected:
+                continue
+            reason = self.admission.refusal(agent_id, rec.cert_sha256)
+            if reason is None:
+                continue
+            log.warning("agent %s removed from the fleet: %s; closing its link", agent_id, reason)
+            transport = self.transports.get(rec.transport)
+            if transport is not None:
+                transport.disconnect(
+                    agent_id, pb.ERROR_CODE_PERMISSION_DENIED, f"removed from the fleet: {reason}"
+                )
 
     def _wait_s(self) -> float:
         if self.phase is None:
@@ -174,10 +214,10 @@ class Engine:
                 self._publish()
                 log.info("agent %s disconnected (%s)", event[1], event[2])
             return
-        _, transport, peer, msg, fut = event
+        _, transport, peer, msg, identity, fut = event
         env = msg.envelope
         try:
-            fut.set_result(self._dispatch(transport, peer, msg))
+            fut.set_result(self._dispatch(transport, peer, msg, identity))
         except Rejection as r:
             log.warning("refused %s from %s: %s", kind_of(env), peer or env.agent_id or "?", r)
             fut.set_exception(r)
@@ -185,12 +225,15 @@ class Engine:
             log.exception("internal error on %s from %s", kind_of(env), env.agent_id)
             fut.set_exception(Rejection(pb.ERROR_CODE_INTERNAL, f"coordinator error: {exc}"))
 
-    def _dispatch(self, transport: str, peer: str | None, msg: Message) -> list[Message]:
+    def _dispatch(
+        self, transport: str, peer: str | None, msg: Message, identity: Identity | None
+    ) -> list[Message]:
         env = msg.envelope
         kind = kind_of(env)
         if kind == "register":
+            replies = self._register(transport, peer, env, identity)
             self._last_seq[env.agent_id] = 0
-            return self._register(transport, peer, env)
+            return replies
         rec = self._authenticate(peer, env)
         if env.seq and env.seq <= self._last_seq.get(env.agent_id, 0):
             # An at-least-once transport (MQTT QoS 1) delivered this message again.
@@ -203,14 +246,19 @@ class Engine:
                     f"public data {env.public_data_request.sha256[:12]} is not this run's "
                     f"({self.public.info.sha256[:12]})"
                 )
-            blobs: codec.Blobs = []
-            images = codec.encode("images", self.public.images, blobs=blobs)
+            if rec.public_sent >= PUBLIC_SENDS_PER_REGISTRATION:
+                raise errors.too_large(
+                    f"public set already sent {rec.public_sent} times since {rec.info.agent_id} "
+                    "registered: keep the copy (it is checked by its sha256)"
+                )
+            rec.public_sent += 1
+            images, blobs = self._public_encoded
             self._count_tensor(0, down=codec.encoded_bytes(images, blobs))
             return [
                 self._message(
                     rec.info.agent_id,
                     0,
-                    blobs,
+                    list(blobs),
                     public_data=pb.PublicData(info=self.public.info, images=images),
                 )
             ]
@@ -220,6 +268,12 @@ class Engine:
         if kind == "metrics":
             return []
         raise errors.invalid(f"agents may not send {kind!r} messages")
+
+    @functools.cached_property
+    def _public_encoded(self) -> tuple[Tensor, codec.Blobs]:
+        """The public set encoded once: every agent's copy is sent from these buffers."""
+        blobs: codec.Blobs = []
+        return codec.encode("images", self.public.images, blobs=blobs), blobs
 
     def _authenticate(self, peer: str | None, env: pb.Envelope) -> AgentRecord:
         rec = self.agents.get(env.agent_id)
@@ -243,14 +297,17 @@ class Engine:
             )
         return rec
 
-    def _register(self, transport: str, peer: str | None, env: pb.Envelope) -> list[Message]:
+    def _register(
+        self, transport: str, peer: str | None, env: pb.Envelope, identity: Identity | None
+    ) -> list[Message]:
         agent_id, reg = env.agent_id, env.register
         if not ID_PATTERN.match(agent_id):
-            raise errors.invalid(f"agent id {agent_id!r} must be 1-64 letters, digits, '_.-'")
+            raise errors.invalid(f"agent id {agent_id[:80]!r} must be 1-64 letters, digits, '_.-'")
         if peer is not None and peer != agent_id:
             raise Rejection(
                 pb.ERROR_CODE_PERMISSION_DENIED, f"agent {peer!r} may not register as {agent_id!r}"
             )
+        self.admission.check(agent_id, reg, identity)
         want_shape = list(self.public.info.sample_shape)
         if list(reg.model.input_shape) != want_shape:
             raise Rejection(
@@ -282,7 +339,13 @@ class Engine:
             "num_test_samples": reg.num_test_samples,
         }
         known = agent_id in self.agents
-        self.agents[agent_id] = AgentRecord(info, transport, device, connected=True)
+        self.agents[agent_id] = AgentRecord(
+            info,
+            transport,
+            device,
+            connected=True,
+            cert_sha256=identity.cert_sha256 if identity else None,
+        )
         self.store.save_agent(agent_id, {**info.__dict__, **device}, transport)
         self._publish()
         log.info(
@@ -715,8 +778,10 @@ class _Inbound:
     def __init__(self, engine: Engine, transport: str) -> None:
         self._engine, self._transport = engine, transport
 
-    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
-        return self._engine.submit(self._transport, peer, msg)
+    def on_message(
+        self, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
+        return self._engine.submit(self._transport, peer, msg, identity)
 
     def on_disconnect(self, agent_id: str, reason: str) -> None:
         self._engine.disconnected(agent_id, reason)

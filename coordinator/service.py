@@ -11,14 +11,21 @@ from pathlib import Path
 from types import FrameType
 
 from coordinator import public, report, strategies
+from coordinator.admission import Admission
 from coordinator.config import ConfigError, RunConfig, ServerSection, split_hostport
 from coordinator.engine import Engine
 from coordinator.inspection import Board, InspectionWriter, InspectServer
 from coordinator.store import Store
 from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.transport.base import ServerTransport
-from pfl_edge.transport.credentials import Credentials, TransportOptions, load_credentials
+from pfl_edge.transport.base import ServerLimits, ServerTransport
+from pfl_edge.transport.credentials import (
+    Credentials,
+    TlsFiles,
+    TransportOptions,
+    check_files,
+    load_credentials,
+)
 from pfl_edge.transport.factory import server_for
 from pfl_edge.values import Scalar
 
@@ -45,6 +52,30 @@ def broker_login(server: ServerSection) -> Credentials:
         )
     except ValueError as exc:
         raise ConfigError(f"[server] {exc}") from None
+
+
+def grpc_tls(server: ServerSection) -> TlsFiles | None:
+    """The gRPC listener's TLS files (None: plaintext); ConfigError when one is missing."""
+    if not server.grpc_tls_cert:
+        return None
+    tls = TlsFiles(server.grpc_tls_client_ca or None, server.grpc_tls_cert, server.grpc_tls_key)
+    try:
+        check_files(
+            ("server.grpc_tls_cert", tls.certfile),
+            ("server.grpc_tls_key", tls.keyfile),
+            ("server.grpc_tls_client_ca", tls.ca_certs),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[server] {exc}") from None
+    return tls
+
+
+def admission(server: ServerSection) -> Admission:
+    """Who may register: the fleet registry, if any, at the configured rate."""
+    try:
+        return Admission(Path(server.fleet) if server.fleet else None, server.register_rate)
+    except ValueError as exc:
+        raise ConfigError(f"server.fleet = {server.fleet!r}: {exc}") from None
 
 
 def check_resume(store: Store, cfg: RunConfig) -> None:
@@ -99,6 +130,14 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
     """
     params = resolve_params(cfg)
     mqtt_login = broker_login(cfg.server)
+    tls = grpc_tls(cfg.server)
+    admit = admission(cfg.server)
+    if cfg.server.grpc and tls is None and cfg.server.insecure:
+        log.warning(
+            "serving plaintext gRPC on %s (insecure = true): anyone who reaches it can join "
+            "as any agent and read every message; use TLS off a trusted network",
+            cfg.server.grpc,
+        )
     store = Store(Path(cfg.run.state_dir))
     check_resume(store, cfg)
     pub = public.build(cfg.public.dataset, cfg.public.samples)
@@ -110,7 +149,7 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
         pub.info.sha256[:12],
     )
     meter = ByteMeter()
-    engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter)
+    engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter, admit)
     board, writer = Board(), InspectionWriter(out_dir or Path(cfg.run.state_dir))
     engine.observers += [board.publish, writer]
     http = None
@@ -124,8 +163,11 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
             raise ConfigError(f"server.http = {cfg.server.http!r}: {exc}") from None
         log.info("inspection endpoint on %s (/status, /inspect)", http.address)
     transports: list[ServerTransport] = []
-    for url, auth in (
-        (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Credentials()),
+    limits = ServerLimits(
+        cfg.server.register_timeout_s, cfg.server.transfer_timeout_s, cfg.server.max_connections
+    )
+    for url, credentials in (
+        (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Credentials(tls=tls)),
         (cfg.server.mqtt, mqtt_login),
     ):
         if not url:
@@ -134,7 +176,10 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
             url,
             meter,
             run_id=cfg.run.id,
-            options=TransportOptions(cfg.server.chunk_bytes, cfg.server.max_message_bytes, auth),
+            options=TransportOptions(
+                cfg.server.chunk_bytes, cfg.server.max_message_bytes, credentials
+            ),
+            limits=limits,
         )
         t.start(engine.attach(t))
         transports.append(t)

@@ -38,12 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--agent-id", default=socket.gethostname(), help="default: the host name")
     run.add_argument("--run-id", default="default", help="run name (MQTT topics)")
+    tls = run.add_argument_group(
+        "TLS, both transports (pfl-edge certs add AGENT_ID writes these files)"
+    )
+    tls.add_argument(
+        "--tls-ca", help="CA file that signed the coordinator's or broker's certificate (TLS on)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        help="this agent's certificate (mutual TLS, with --tls-key); its common name must be "
+        "the --agent-id",
+    )
+    tls.add_argument("--tls-key", help="key of --tls-cert")
     mqtt = run.add_argument_group("MQTT broker login (deploy/mosquitto/README.md)")
     mqtt.add_argument("--mqtt-username", help="default with a password: the agent id")
     mqtt.add_argument("--mqtt-password-file", help="file whose first line is the password")
-    mqtt.add_argument("--tls-ca", help="CA file that signed the broker's certificate (TLS on)")
-    mqtt.add_argument("--tls-cert", help="client certificate (mutual TLS; with --tls-key)")
-    mqtt.add_argument("--tls-key", help="key of --tls-cert")
     run.add_argument(
         "--out",
         type=Path,
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.agent_id)
     try:
-        mqtt_login = _mqtt_login(args)
+        credentials = _credentials(args)
     except ValueError as exc:
         print(f"pfl-agent: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data,
         out_dir=args.out,
         run_id=args.run_id,
-        mqtt_login=mqtt_login,
+        credentials=credentials,
         cache_dir=args.cache_dir,
         num_classes=args.num_classes,
         seed=args.seed,
@@ -126,18 +135,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-_LOGIN_OPTIONS = ("mqtt_username", "mqtt_password_file", "tls_ca", "tls_cert", "tls_key")
+_BROKER_OPTIONS = ("mqtt_username", "mqtt_password_file")
 
 
-def _mqtt_login(args: argparse.Namespace) -> Credentials | None:
-    """The broker login of --mqtt-*/--tls-*, None without any; ValueError says what is wrong."""
+def _credentials(args: argparse.Namespace) -> Credentials:
+    """TLS files of --tls-*, broker login of --mqtt-*; ValueError says what is wrong."""
     from pfl_edge.transport.credentials import load_credentials
     from pfl_edge.transport.factory import parse
 
-    given = [f"--{k.replace('_', '-')}" for k in _LOGIN_OPTIONS if getattr(args, k) is not None]
-    if not given:
-        return None
-    if parse(args.coordinator).scheme != "mqtt":
+    given = [f"--{k.replace('_', '-')}" for k in _BROKER_OPTIONS if getattr(args, k) is not None]
+    if given and parse(args.coordinator).scheme != "mqtt":
         raise ValueError(f"{', '.join(given)}: only for an mqtt:// --coordinator")
     return load_credentials(
         username=args.mqtt_username,

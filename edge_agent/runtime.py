@@ -10,7 +10,7 @@ import os
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from pfl_edge.data.fetch import default_cache_dir
 from pfl_edge.data.partition import ClientData, load_client
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message, kind_of
-from pfl_edge.retry import retry
+from pfl_edge.retry import backoff_delays, retry
 from pfl_edge.transport.base import ClientTransport, TransportClosed
 from pfl_edge.transport.credentials import Credentials, TransportOptions
 from pfl_edge.transport.factory import client_for
@@ -52,6 +52,9 @@ costs the link only: the agent reconnects and takes the next task."""
 
 MAX_REFUSALS_IN_A_ROW = 5
 
+BUSY_CODES = {pb.ERROR_CODE_RESOURCE_EXHAUSTED}
+"""Refusals that say "not now" (too many registrations at once): wait, back off, retry."""
+
 
 class AgentStopped(Exception):
     """The coordinator refused this agent for good."""
@@ -66,8 +69,10 @@ class AgentOptions:
     out_dir: Path
     run_id: str = "default"
     """Names the run on a shared broker (MQTT topics); gRPC ignores it."""
-    mqtt_login: Credentials | None = None
-    """Broker username, password and TLS files (MQTT only)."""
+    credentials: Credentials = field(default_factory=Credentials)
+    """TLS files (both transports: the CA that signed the coordinator's or broker's
+    certificate, and this agent's certificate and key for mutual TLS) and, on MQTT only,
+    the broker username and password."""
     cache_dir: Path | None = None
     num_classes: int = 10
     seed: int = 0
@@ -121,13 +126,23 @@ class Agent:
             len(self.data.x_test),
             self.opts.coordinator,
         )
+        busy_delays = backoff_delays()
         while True:
             try:
                 self._session()
                 return self.final
             except TransportClosed as exc:
+                if exc.code == pb.ERROR_CODE_ABORTED:
+                    raise AgentStopped(
+                        f"coordinator closed this connection: {exc.reason}; stopping"
+                    ) from exc
                 if exc.refused and exc.code in FATAL_CODES and not self.registered:
                     raise AgentStopped(f"coordinator refused this agent: {exc.reason}") from exc
+                if exc.code in BUSY_CODES and not self.registered:
+                    delay = next(busy_delays)
+                    log.warning("coordinator busy (%s); retrying in %.1f s", exc.reason, delay)
+                    time.sleep(delay)
+                    continue
                 if exc.refused:
                     self.refusals += 1
                     if self.refusals >= MAX_REFUSALS_IN_A_ROW:
@@ -146,7 +161,7 @@ class Agent:
             self.meter,
             agent_id=self.opts.agent_id,
             run_id=self.opts.run_id,
-            options=TransportOptions(credentials=self.opts.mqtt_login or Credentials()),
+            options=TransportOptions(credentials=self.opts.credentials),
         )
         self.transport = t
         self.registered = False

@@ -126,6 +126,12 @@ def _checked_shape(t: tpb.Tensor, max_elements: int) -> tuple[tuple[int, ...], i
     shape = tuple(int(d) for d in t.shape)
     if len(shape) > 8:
         raise errors.invalid(f"tensor {t.name!r} has {len(shape)} dimensions; at most 8 allowed")
+    big = [d for d in shape if d > max_elements]
+    if big:  # [0, 2**63] holds no element, but no array of it can be made
+        raise errors.invalid(
+            f"tensor {t.name!r} has shape {list(shape)}: dimension {big[0]} is above the "
+            f"limit of {max_elements}"
+        )
     count = math.prod(shape)
     if count > max_elements:
         raise errors.too_large(

@@ -27,8 +27,9 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -230,7 +231,18 @@ class _Transfer:
     next_index: list[int]
     remaining: int
     wire_bytes: int
+    started: float
     frames: int = 1
+    repeats: int = 0
+    """Chunks received again (an at-least-once transport redelivers each at most once)."""
+
+    @property
+    def declared_bytes(self) -> int:
+        return sum(self.head.blob_bytes)
+
+    @property
+    def chunks(self) -> int:
+        return sum(_chunk_count(n, self.head.chunk_bytes) for n in self.head.blob_bytes)
 
 
 @dataclass(frozen=True)
@@ -248,9 +260,15 @@ class Received:
 
 @dataclass
 class Reassembler:
-    """Reads the frames of one sender."""
+    """Reads the frames of one sender.
+
+    What one sender can make it hold is bounded: open transfers whose declared sizes add
+    up to at most `max_message_bytes` (one largest message in flight, not
+    `MAX_OPEN_TRANSFERS` of them), each chunk repeated at most once per transfer on
+    average, and `expired` names the transfers a caller should drop for being too slow."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    clock: Callable[[], float] = time.monotonic
     _open: dict[int, _Transfer] = field(default_factory=dict)
     _done: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
 
@@ -259,13 +277,7 @@ class Reassembler:
         chunk = _parse_chunk_frame(raw)
         if chunk is not None:
             return self._feed_chunk(chunk, wire_bytes)
-        frame = pb.Frame()
-        try:
-            frame.ParseFromString(raw)
-        except Exception:  # protobuf's DecodeError and friends
-            raise errors.invalid(
-                f"malformed frame: {len(raw)} bytes that are not a pfl_edge.v1.Frame"
-            ) from None
+        frame = parse_frame(raw)
         kind = frame.WhichOneof("kind")
         if kind == "envelope":
             _check_blob_refs(frame.envelope, 0)
@@ -302,6 +314,12 @@ class Reassembler:
                 f"transfer {head.transfer_id} is already open, or more than "
                 f"{MAX_OPEN_TRANSFERS} transfers are open at once from one sender"
             )
+        in_flight = sum(t.declared_bytes for t in self._open.values())
+        if in_flight + total > self.max_message_bytes:
+            raise errors.too_large(
+                f"transfer {head.transfer_id} declares {total} bytes while {in_flight} are "
+                f"still in flight from this sender; at most {self.max_message_bytes} at once"
+            )
         _check_blob_refs(head.envelope, len(sizes))
         buffers = [_RECYCLER.take(n) for n in sizes]
         t = _Transfer(
@@ -311,6 +329,7 @@ class Reassembler:
             [0] * len(sizes),
             sum(_chunk_count(n, head.chunk_bytes) for n in sizes),
             wire_bytes,
+            self.clock(),
         )
         if t.remaining == 0:
             raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
@@ -345,9 +364,22 @@ class Reassembler:
         buf, expected = t.views[c.blob - 1], t.next_index[c.blob - 1]
         t.wire_bytes += wire_bytes
         t.frames += 1
-        if c.index < expected:
-            return None  # a repeat from an at-least-once transport
+        if c.index < expected:  # a repeat from an at-least-once transport
+            t.repeats += 1
+            if t.repeats > t.chunks:
+                self._drop(c.transfer_id)
+                raise errors.invalid(
+                    f"transfer {c.transfer_id}: {t.repeats} chunks repeated, more than its "
+                    f"{t.chunks} chunks (a redelivery repeats each at most once); transfer dropped"
+                )
+            return None
         start = c.index * t.head.chunk_bytes
+        if start >= len(buf):
+            self._drop(c.transfer_id)
+            raise errors.data_loss(
+                f"transfer {c.transfer_id}: chunk {c.index} is past the end of blob {c.blob} "
+                f"({_chunk_count(len(buf), t.head.chunk_bytes)} chunks); transfer dropped"
+            )
         want = min(t.head.chunk_bytes, len(buf) - start)
         if c.index != expected or len(c.data) != want:
             self._drop(c.transfer_id)
@@ -375,10 +407,35 @@ class Reassembler:
     def _drop(self, transfer_id: int) -> None:
         self._open.pop(transfer_id, None)
 
+    def oldest_open(self) -> float | None:
+        """When the oldest open transfer started (`clock`), None when none is open."""
+        return min((t.started for t in self._open.values()), default=None)
+
+    def expire(self, older_than_s: float) -> list[int]:
+        """Drop the transfers open longer than `older_than_s` (their buffers go back);
+        returns their ids."""
+        now = self.clock()
+        late = [i for i, t in self._open.items() if now - t.started > older_than_s]
+        for transfer_id in late:
+            self._drop(transfer_id)
+        return late
+
     def reset(self) -> None:
         """Drop partial transfers (after a reconnect the sender starts over); completed
         ids stay remembered."""
         self._open.clear()
+
+
+def parse_frame(raw: bytes) -> pb.Frame:
+    """`raw` as a Frame; INVALID_ARGUMENT `Rejection` when it is not one."""
+    frame = pb.Frame()
+    try:
+        frame.ParseFromString(raw)
+    except Exception:  # protobuf's DecodeError and friends
+        raise errors.invalid(
+            f"malformed frame: {len(raw)} bytes that are not a pfl_edge.v1.Frame"
+        ) from None
+    return frame
 
 
 @dataclass(frozen=True)

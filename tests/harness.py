@@ -5,6 +5,7 @@ and real agents as `pfl-agent run` processes (`AgentProcesses`)."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -213,14 +214,23 @@ class AgentProcesses:
                 p.wait()
 
     def spawn(
-        self, coordinator: str, agent_id: str, data: Path, *extra: str, model: str = "lenet5"
+        self,
+        coordinator: str,
+        agent_id: str,
+        data: Path,
+        *extra: str,
+        model: str = "lenet5",
+        name: str | None = None,
     ) -> None:
-        cmd = agent_command(coordinator, agent_id, model, data, self.tmp / agent_id, *extra)
-        with (self.tmp / f"{agent_id}.log").open("wb") as log:
-            self.procs[agent_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        """Start agent `agent_id`; `name` (default: the id) keys its process, log and
+        folder, for two processes of one id."""
+        name = name or agent_id
+        cmd = agent_command(coordinator, agent_id, model, data, self.tmp / name, *extra)
+        with (self.tmp / f"{name}.log").open("wb") as log:
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
-    def log(self, agent_id: str) -> str:
-        return (self.tmp / f"{agent_id}.log").read_text(errors="replace")
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
 
     def wait_until(self, cond: Callable[[], bool], what: str) -> None:
         """Wait for `cond`; fail at once when an agent process exits with an error."""
@@ -238,3 +248,35 @@ class AgentProcesses:
     def wait_for_exit(self) -> None:
         """Wait until every agent has exited successfully."""
         self.wait_until(lambda: all(p.poll() == 0 for p in self.procs.values()), "the agents' exit")
+
+
+def with_mutual_tls(cfg: RunConfig, fleet_dir: Path, **server: Any) -> RunConfig:
+    """`cfg` serving gRPC over mutual TLS with the fleet of `pfl_edge.certs` in `fleet_dir`
+    (its registry admits the agents added there); `server` overrides further [server] keys."""
+    return replace(
+        cfg,
+        server=replace(
+            cfg.server,
+            grpc_tls_cert=str(fleet_dir / "coordinator.crt"),
+            grpc_tls_key=str(fleet_dir / "coordinator.key"),
+            grpc_tls_client_ca=str(fleet_dir / "ca.crt"),
+            fleet=str(fleet_dir / "fleet.toml"),
+            **server,
+        ),
+    )
+
+
+def agent_tls_options(fleet_dir: Path, agent_id: str, device: Path) -> list[str]:
+    """`pfl-agent run` options for agent `agent_id` of the fleet in `fleet_dir`, its files
+    copied to `device` as an operator would (removing the agent from the fleet deletes
+    the fleet's copy)."""
+    folder = device / "tls"
+    shutil.copytree(fleet_dir / "agents" / agent_id, folder, dirs_exist_ok=True)
+    return [
+        "--tls-ca",
+        str(folder / "ca.crt"),
+        "--tls-cert",
+        str(folder / "agent.crt"),
+        "--tls-key",
+        str(folder / "agent.key"),
+    ]

@@ -74,6 +74,14 @@ def test_huge_declared_shape_refused_before_allocation() -> None:
     assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
 
 
+@pytest.mark.parametrize("shape", [[0, 1 << 63], [1 << 40, 0], [0] * 9])
+def test_absurd_shape_refused_as_invalid_argument(shape: list[int]) -> None:
+    t = tpb.Tensor(name="x", dtype=tpb.DTYPE_FLOAT32, shape=shape, encoding=tpb.ENCODING_RAW)
+    with pytest.raises(Rejection, match="dimension") as e:
+        codec.decode(t)
+    assert e.value.code == pb.ERROR_CODE_INVALID_ARGUMENT
+
+
 def test_int8_with_wrong_scale_length_refused() -> None:
     t = codec.encode("x", np.ones((4, 100), np.float32), "int8")
     t.scale = t.scale[:8]

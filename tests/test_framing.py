@@ -15,7 +15,7 @@ from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import REMEMBERED_IDS, Framer, Message, Reassembler, Received, blob_views
-from pfl_edge.transport.base import TransportClosed
+from pfl_edge.transport.base import Identity, TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import OFFLOAD_FRAME_BYTES, GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
@@ -84,6 +84,62 @@ def test_repeated_chunk_is_ignored() -> None:
     frames = frames_of(big_message()[0])
     outs = feed_all([frames[0], frames[1], frames[1], *frames[2:]])
     assert outs[2] is None and outs[-1] is not None
+
+
+def test_chunks_repeated_beyond_one_redelivery_refused() -> None:
+    frames = frames_of(big_message()[0])
+    chunks = len(frames) - 1
+    r = Reassembler()
+    feed_all(frames[:2], r)
+    for _ in range(chunks):  # as many repeats as the transfer has chunks: a redelivery
+        assert r.feed(frames[1], 1) is None
+    with pytest.raises(Rejection, match="repeated") as e:
+        r.feed(frames[1], 1)
+    assert e.value.code == pb.ERROR_CODE_INVALID_ARGUMENT
+    with pytest.raises(Rejection, match="unknown transfer"):  # dropped
+        r.feed(frames[2], 1)
+
+
+def test_chunk_past_the_end_of_its_blob_refused() -> None:
+    r = Reassembler()
+    head = pb.Head(transfer_id=7, envelope=pb.Envelope(), blob_bytes=[10], chunk_bytes=CHUNK)
+    r.feed(pb.Frame(head=head).SerializeToString(), 1)
+    past = pb.Chunk(
+        transfer_id=7, blob=1, index=1, data=b"x", xxh3_64=xxhash.xxh3_64_intdigest(b"x")
+    )
+    with pytest.raises(Rejection, match=r"chunk 1 is past the end of blob 1 \(1 chunks\)") as e:
+        r.feed(pb.Frame(chunk=past).SerializeToString(), 1)
+    assert e.value.code == pb.ERROR_CODE_DATA_LOSS
+    assert "-" not in e.value.reason, "no negative sizes in the reason"
+
+
+def test_bytes_in_flight_from_one_sender_capped_at_one_message() -> None:
+    r = Reassembler(max_message_bytes=1 << 20)
+    for i in range(2):
+        head = pb.Head(
+            transfer_id=i, envelope=pb.Envelope(), blob_bytes=[400 << 10], chunk_bytes=CHUNK
+        )
+        r.feed(pb.Frame(head=head).SerializeToString(), 1)
+    head = pb.Head(transfer_id=5, envelope=pb.Envelope(), blob_bytes=[400 << 10], chunk_bytes=CHUNK)
+    with pytest.raises(Rejection, match="still in flight") as e:
+        r.feed(pb.Frame(head=head).SerializeToString(), 1)
+    assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+
+
+def test_slow_transfers_expire() -> None:
+    now = [100.0]
+    r = Reassembler(clock=lambda: now[0])
+    frames = frames_of(big_message()[0])
+    r.feed(frames[0], 1)
+    assert r.oldest_open() == 100.0
+    now[0] = 105.0
+    assert r.expire(10.0) == []
+    now[0] = 111.0
+    transfer = pb.Frame.FromString(frames[0]).head.transfer_id
+    assert r.expire(10.0) == [transfer]
+    assert r.oldest_open() is None
+    with pytest.raises(Rejection, match="unknown transfer"):
+        r.feed(frames[1], 1)
 
 
 def test_repeated_message_is_delivered_once() -> None:
@@ -228,7 +284,9 @@ class _Echo:
         self.messages: list[Message] = []
         self.disconnects: list[str] = []
 
-    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+    def on_message(
+        self, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
         self.messages.append(msg)
         fut: Future[list[Message]] = Future()
         sizes = [v.nbytes for v in blob_views(msg.blobs)]
@@ -246,6 +304,9 @@ def grpc_link() -> Iterator[tuple[_Echo, GrpcClientTransport]]:
     server.start(inbound)
     client = GrpcClientTransport(f"127.0.0.1:{server.port}", ByteMeter(), chunk_bytes=CHUNK)
     client.connect(10)
+    # Chunked transfers need a registered stream: the echo accepts any Register.
+    client.send(Message(pb.Envelope(agent_id="a", register=pb.Register())))
+    assert client.recv(10) is not None
     try:
         yield inbound, client
     finally:
@@ -285,7 +346,7 @@ def test_corrupted_chunk_over_grpc_ends_the_stream_with_data_loss(
     with pytest.raises(TransportClosed, match="xxh3_64 mismatch") as err:
         client.recv(10)
     assert err.value.code == pb.ERROR_CODE_DATA_LOSS
-    assert not inbound.messages
+    assert [m.kind for m in inbound.messages] == ["register"]  # the broken one never arrived
 
 
 def test_send_after_the_stream_ended_raises_instead_of_waiting(

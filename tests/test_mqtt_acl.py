@@ -296,7 +296,7 @@ def test_coordinator_login_keys_need_a_broker(tmp_path: Path) -> None:
 
 def test_agent_refuses_broker_options_for_grpc(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--coordinator", "grpc://h:1"]
-    cmd += ["--model", "lenet5", "--data", "x.npz", "--tls-ca", "ca.crt"]
+    cmd += ["--model", "lenet5", "--data", "x.npz", "--mqtt-password-file", "pw"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "pfl-agent: --tls-ca: only for an mqtt:// --coordinator" in proc.stderr
+    assert "pfl-agent: --mqtt-password-file: only for an mqtt:// --coordinator" in proc.stderr

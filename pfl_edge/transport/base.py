@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import queue
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Protocol
 
 from pfl_edge.accounting import ByteMeter, Direction
@@ -33,14 +34,46 @@ class TransportClosed(Exception):
         return self.code != pb.ERROR_CODE_UNSPECIFIED
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What a transport proved about the sender of a link before any message: the agent
+    id of its client certificate (mutual TLS) and that certificate's sha256 fingerprint."""
+
+    agent_id: str
+    cert_sha256: str
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a server transport grants a link before and after it has registered."""
+
+    register_timeout_s: float = 10.0
+    """A link that has not registered within this is closed."""
+    transfer_timeout_s: float = 300.0
+    """A chunked message must arrive completely within this."""
+    max_connections: int = 4096
+    """Concurrent links."""
+
+
+DEFAULT_LIMITS = ServerLimits()
+
+PRE_REGISTER_FRAME_BYTES = 64 << 10
+"""Largest frame a link may send before it has registered (a Register is ~100 bytes);
+chunked transfers need a registered link, so nothing is allocated for a stranger."""
+
+
 class Inbound(Protocol):
     """The coordinator side of a server transport."""
 
-    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+    def on_message(
+        self, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
         """Handle one message from an agent.
 
         `peer` is the agent id the transport has established for the sender (the
-        registered stream on gRPC, the topic on MQTT) or None before registration.
+        registered stream on gRPC, the topic on MQTT) or None before registration;
+        `identity`, where the transport has one, what its handshake proved (a Register
+        must name the same agent).
         The future yields the replies to send back on the same link, or raises
         `Rejection` saying why the envelope was refused. It is resolved in the
         coordinator's thread; a transport must queue the replies from a done-callback
@@ -67,6 +100,10 @@ class ServerTransport(abc.ABC):
     @abc.abstractmethod
     def send(self, agent_id: str, msg: Message) -> bool:
         """Queue a message for an agent; False when the agent cannot be reached now."""
+
+    @abc.abstractmethod
+    def disconnect(self, agent_id: str, code: int, reason: str) -> None:
+        """End the agent's link, telling it why (`code`: a pfl_edge.v1.ErrorCode)."""
 
     @abc.abstractmethod
     def stop(self, grace_s: float = 1.0) -> None: ...

@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import GRPC_DEFAULT_PORT, MQTT_DEFAULT_PORT
-from pfl_edge.transport.base import ClientTransport, ServerTransport
-from pfl_edge.transport.credentials import DEFAULT_OPTIONS, Credentials, TransportOptions
+from pfl_edge.transport.base import DEFAULT_LIMITS, ClientTransport, ServerLimits, ServerTransport
+from pfl_edge.transport.credentials import DEFAULT_OPTIONS, TlsFiles, TransportOptions
 
 SCHEMES = ("grpc", "mqtt")
 
@@ -48,12 +48,14 @@ def client_for(
     run_id: str = "default",
     options: TransportOptions = DEFAULT_OPTIONS,
 ) -> ClientTransport:
-    """The agent's transport; `options.credentials` is for the MQTT broker."""
+    """The agent's transport with `options.credentials` (TLS; on MQTT the broker login)."""
     ep = parse(url)
     if ep.scheme == "grpc":
         from pfl_edge.transport.grpc_client import GrpcClientTransport
 
-        return GrpcClientTransport(ep.hostport, meter, **_grpc_sizes(ep, options))
+        return GrpcClientTransport(
+            ep.hostport, meter, tls=_grpc_tls(ep, options), **_grpc_sizes(options)
+        )
     from pfl_edge.transport.mqtt_client import MqttClientTransport
 
     return MqttClientTransport(
@@ -67,20 +69,32 @@ def server_for(
     *,
     run_id: str = "default",
     options: TransportOptions = DEFAULT_OPTIONS,
+    limits: ServerLimits = DEFAULT_LIMITS,
 ) -> ServerTransport:
-    """The coordinator's transport: a gRPC bind address, or the MQTT broker to use."""
+    """The coordinator's transport: a gRPC bind address (`options.credentials.tls`: its
+    TLS files, `limits`: what a connection is granted), or the MQTT broker to use."""
     ep = parse(url)
     if ep.scheme == "grpc":
         from pfl_edge.transport.grpc_server import GrpcServerTransport
 
-        return GrpcServerTransport(ep.hostport, meter, **_grpc_sizes(ep, options))
+        return GrpcServerTransport(
+            ep.hostport, meter, tls=_grpc_tls(ep, options), limits=limits, **_grpc_sizes(options)
+        )
     from pfl_edge.transport.mqtt_server import MqttServerTransport
 
     return MqttServerTransport(ep.host, ep.port, meter, run_id=run_id, options=options)
 
 
-def _grpc_sizes(ep: Endpoint, options: TransportOptions) -> dict[str, int]:
-    """The gRPC transports' size arguments; ValueError if `options` has a broker login."""
-    if options.credentials != Credentials():
-        raise ValueError(f"username, password and tls are MQTT broker settings; {ep} is gRPC")
+def _grpc_sizes(options: TransportOptions) -> dict[str, int]:
     return {"chunk_bytes": options.chunk_bytes, "max_message_bytes": options.max_message_bytes}
+
+
+def _grpc_tls(ep: Endpoint, options: TransportOptions) -> TlsFiles | None:
+    """The gRPC transports' TLS files; ValueError if `options` has a broker login."""
+    c = options.credentials
+    if c.username is not None or c.password is not None:
+        raise ValueError(
+            f"a username and password are an MQTT broker login; {ep} is gRPC, where an agent "
+            "proves its identity with a TLS client certificate"
+        )
+    return c.tls

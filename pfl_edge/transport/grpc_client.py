@@ -16,6 +16,7 @@ from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import ClientTransport, Inbox, TransportClosed, record, record_sent
+from pfl_edge.transport.credentials import TlsFiles
 
 _END = object()
 
@@ -35,8 +36,12 @@ class GrpcClientTransport(ClientTransport):
         *,
         chunk_bytes: int = CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """With `tls`, the channel is TLS (the CA checks the coordinator's certificate and
+        host name; a certificate and key of this agent make it mutual TLS)."""
         self._target = target
+        self._credentials = None if tls is None else gc.channel_credentials(tls)
         self._meter = meter
         self._framer = Framer(chunk_bytes)
         self._chunk_bytes = chunk_bytes
@@ -50,7 +55,12 @@ class GrpcClientTransport(ClientTransport):
     def connect(self, timeout_s: float) -> None:
         self.close()
         self._outbox, self._inbox, self._ended = queue.Queue(OUTBOX_FRAMES), Inbox(), []
-        channel = grpc.insecure_channel(self._target, options=gc.channel_options(self._chunk_bytes))
+        options = gc.channel_options(self._chunk_bytes)
+        channel = (
+            grpc.insecure_channel(self._target, options=options)
+            if self._credentials is None
+            else grpc.secure_channel(self._target, self._credentials, options=options)
+        )
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from pfl_edge.constants import GRPC_MESSAGE_PREFIX_BYTES, KEEPALIVE_SECONDS
+from pfl_edge.transport.credentials import TlsFiles, read_pem
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.v1 import service_pb2
 
@@ -28,8 +29,35 @@ _TO_GRPC: dict[int, grpc.StatusCode] = {
     pb.ERROR_CODE_DATA_LOSS: grpc.StatusCode.DATA_LOSS,
     pb.ERROR_CODE_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     pb.ERROR_CODE_INTERNAL: grpc.StatusCode.INTERNAL,
+    pb.ERROR_CODE_DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    pb.ERROR_CODE_ABORTED: grpc.StatusCode.ABORTED,
 }
 _FROM_GRPC = {v: k for k, v in _TO_GRPC.items()}
+
+
+MAX_STREAMS_PER_CONNECTION = 4
+"""An agent's stream, a health check, and room for a reconnect overlapping the old stream."""
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """TLS with the server's certificate; with `tls.ca_certs`, mutual TLS: a client
+    without a certificate signed by that CA fails the handshake."""
+    cert, key = read_pem(tls.certfile), read_pem(tls.keyfile)
+    if cert is None or key is None:
+        raise ValueError("a TLS server needs its certificate and key")
+    root = read_pem(tls.ca_certs)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=root, require_client_auth=root is not None
+    )
+
+
+def channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
+    """A client's TLS: the CA that signed the server, and its own certificate where given."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(tls.ca_certs),
+        private_key=read_pem(tls.keyfile),
+        certificate_chain=read_pem(tls.certfile),
+    )
 
 
 def to_status(code: int) -> grpc.StatusCode:
@@ -62,12 +90,17 @@ def channel_options(chunk_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
-    """Server options: accept the clients' keepalive pings, bound frame size."""
+def server_options(chunk_bytes: int, handshake_timeout_s: float) -> list[tuple[str, int]]:
+    """Server options: accept the clients' keepalive pings, bound frame size, close a
+    connection that has not finished its TCP/TLS/HTTP/2 handshake within
+    `handshake_timeout_s` (silent sockets, half prefaces) and bound the streams one
+    connection may open (an agent needs one)."""
     limit = chunk_bytes + FRAME_SLACK_BYTES
     return [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
+        ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_SECONDS * 500)),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),

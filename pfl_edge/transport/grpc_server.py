@@ -1,5 +1,13 @@
 """gRPC server transport: one long-lived bidirectional stream per agent, on which the
-coordinator pushes its messages; plus the standard gRPC health service."""
+coordinator pushes its messages; plus the standard gRPC health service.
+
+With TLS files it serves TLS only; with a client CA as well, mutual TLS: the handshake
+refuses a client without a certificate of that CA, and the certificate's common name is
+the `Identity` the coordinator checks a Register against. Before a stream has
+registered it may send only small envelope frames, and it must register within
+`ServerLimits.register_timeout_s`; a started transfer must finish within
+`transfer_timeout_s`. A stream replaced by a newer one of the same agent, or ended by the
+coordinator (`disconnect`), is closed with a status that says why."""
 
 from __future__ import annotations
 
@@ -7,25 +15,45 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from pfl_edge import errors
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import Framer, Message, Reassembler, Received
+from pfl_edge.fleet import cert_sha256
+from pfl_edge.framing import Framer, Message, Reassembler, Received, parse_frame
 from pfl_edge.transport import grpc_common as gc
-from pfl_edge.transport.base import Inbound, ServerTransport, record, record_sent
+from pfl_edge.transport.base import (
+    DEFAULT_LIMITS,
+    PRE_REGISTER_FRAME_BYTES,
+    Identity,
+    Inbound,
+    ServerLimits,
+    ServerTransport,
+    record,
+    record_sent,
+)
+from pfl_edge.transport.credentials import TlsFiles
+from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 OFFLOAD_FRAME_BYTES = 64 << 10
 """Frames at least this large are verified and copied off the event loop."""
 
-_CLOSE = object()
-"""Queue sentinel: end this agent's stream (a newer stream of the same agent replaced it)."""
+
+@dataclass(frozen=True)
+class _Close:
+    """Queue item: end this stream with a status, after what was queued before it."""
+
+    code: int
+    reason: str
 
 
 class GrpcServerTransport(ServerTransport):
@@ -38,8 +66,12 @@ class GrpcServerTransport(ServerTransport):
         *,
         chunk_bytes: int = CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        tls: TlsFiles | None = None,
+        limits: ServerLimits = DEFAULT_LIMITS,
     ) -> None:
         self._bind = bind
+        self._tls = tls
+        self._limits = limits
         self._meter = meter
         self._framer = Framer(chunk_bytes)
         self._chunk_bytes = chunk_bytes
@@ -87,13 +119,24 @@ class GrpcServerTransport(ServerTransport):
         ready.wait()
         if errors:
             raise RuntimeError(f"gRPC server could not start on {self._bind}: {errors[0]}")
-        log.info("gRPC server listening on %s", self.address)
+        log.info(
+            "gRPC server listening on %s (%s)",
+            self.address,
+            "plaintext"
+            if self._tls is None
+            else "mutual TLS"
+            if self._tls.ca_certs
+            else "TLS, agents without certificates",
+        )
 
     async def _serve_start(self) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
         from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
-        server = grpc.aio.server(options=gc.server_options(self._chunk_bytes))
+        server = grpc.aio.server(
+            options=gc.server_options(self._chunk_bytes, self._limits.register_timeout_s),
+            maximum_concurrent_rpcs=self._limits.max_connections,
+        )
         handler = grpc.method_handlers_generic_handler(
             gc.SERVICE_NAME,
             {"Connect": grpc.stream_stream_rpc_method_handler(self._connect)},
@@ -101,7 +144,10 @@ class GrpcServerTransport(ServerTransport):
         server.add_generic_rpc_handlers((handler,))
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        self._port = server.add_insecure_port(self._bind)
+        if self._tls is None:
+            self._port = server.add_insecure_port(self._bind)
+        else:
+            self._port = server.add_secure_port(self._bind, gc.server_credentials(self._tls))
         if self._port == 0:
             raise RuntimeError(f"cannot bind {self._bind}")
         await server.start()
@@ -124,6 +170,13 @@ class GrpcServerTransport(ServerTransport):
         record_sent(self._meter, "down", msg.envelope, sum(map(gc.wire_bytes, raws)), len(raws))
         return raws
 
+    def disconnect(self, agent_id: str, code: int, reason: str) -> None:
+        with self._lock:
+            queue = self._streams.get(agent_id)
+        loop = self._loop
+        if queue is not None and loop is not None:
+            loop.call_soon_threadsafe(queue.put_nowait, _Close(code, reason))
+
     def stop(self, grace_s: float = 1.0) -> None:
         loop, server = self._loop, self._server
         if loop is None or server is None:
@@ -138,37 +191,49 @@ class GrpcServerTransport(ServerTransport):
 
     async def _connect(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        handler = asyncio.current_task()
-        assert handler is not None
-        writer = asyncio.create_task(self._write(queue, context, handler))
-        bound: list[str] = []
+        closing: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
+        writer = asyncio.create_task(self._write(queue, context, closing))
+        link = _Link(context.peer(), time.monotonic(), self._identity(context))
         reason = "stream ended"
         try:
-            await self._read(queue, context, bound)
+            await self._read(queue, context, link, closing)
         except asyncio.CancelledError:
             reason = "stream cancelled"
             raise
         except Rejection as r:
             reason = f"refused: {r}"
-            log.warning("refused message from %s: %s", bound or context.peer(), r)
+            log.warning("refused message from %s: %s", link.agent_id or link.address, r)
             await context.abort(gc.to_status(r.code), r.reason)
         finally:
             writer.cancel()
+            agent_id = link.agent_id
             with self._lock:
-                mine = bool(bound) and self._streams.get(bound[0]) is queue
-                if mine:
-                    del self._streams[bound[0]]
-            if mine:
+                mine = agent_id is not None and self._streams.get(agent_id) is queue
+                if mine and agent_id is not None:
+                    del self._streams[agent_id]
+            if mine and agent_id is not None:
                 assert self._inbound is not None
-                self._inbound.on_disconnect(bound[0], reason)
+                self._inbound.on_disconnect(agent_id, reason)
+
+    def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
+        """The client certificate's agent id and fingerprint (mutual TLS), else None."""
+        if self._tls is None or self._tls.ca_certs is None:
+            return None
+        auth = context.auth_context()
+        names = list(auth.get("x509_common_name", ()))
+        pems = list(auth.get("x509_pem_cert", ()))
+        if not names or not pems:  # the handshake requires a certificate: not expected
+            return None
+        return Identity(names[0].decode(errors="replace"), cert_sha256(pems[0]))
 
     async def _read(
         self,
         queue: asyncio.Queue[Any],
         context: grpc.aio.ServicerContext[Any, Any],
-        bound: list[str],
+        link: _Link,
+        closing: asyncio.Future[_Close],
     ) -> None:
-        """Read frames until the agent closes; `bound` gets the agent id once registered.
+        """Read frames until the agent closes; `link.agent_id` is set once registered.
 
         A large frame (a chunk) is fed to the reassembler in a worker thread, which verifies
         its hash and copies it while this loop reads the next frame; frames are still fed
@@ -182,23 +247,65 @@ class GrpcServerTransport(ServerTransport):
                 reading = asyncio.ensure_future(context.read())
                 if pending is not None:
                     fed, pending = pending, None
-                    await self._deliver(await fed, queue, bound)
+                    await self._deliver(await fed, queue, link)
                     del fed  # its message: the blobs' buffers are reused once all let go
-                raw, reading = await reading, None
+                raw = await self._next(reading, closing, link, reassembler)
+                reading = None
                 if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
+                if link.agent_id is None:
+                    _check_before_registration(raw)
                 wire = gc.wire_bytes(raw)
                 if len(raw) >= OFFLOAD_FRAME_BYTES:
                     pending = loop.run_in_executor(self._feeder, reassembler.feed, raw, wire)
                 else:
-                    await self._deliver(reassembler.feed(raw, wire), queue, bound)
+                    await self._deliver(reassembler.feed(raw, wire), queue, link)
         finally:  # when the stream ends early, nobody wants what is in flight
             for fut in (reading, pending):
                 if fut is not None:
                     fut.cancel()
 
+    async def _next(
+        self,
+        reading: asyncio.Future[Any],
+        closing: asyncio.Future[_Close],
+        link: _Link,
+        reassembler: Reassembler,
+    ) -> Any:
+        """The next frame; Rejection when the stream is closed or a deadline passes first."""
+        limits = self._limits
+        while True:
+            now = time.monotonic()
+            if link.agent_id is None:
+                timeout: float | None = link.opened + limits.register_timeout_s - now
+            else:
+                oldest = reassembler.oldest_open()
+                timeout = None if oldest is None else oldest + limits.transfer_timeout_s - now
+            await asyncio.wait(
+                (reading, closing),
+                timeout=None if timeout is None else max(timeout, 0.0) + 0.01,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if closing.done():
+                close = closing.result()
+                raise Rejection(close.code, close.reason)
+            if reading.done():
+                return reading.result()
+            if link.agent_id is None:
+                raise Rejection(
+                    pb.ERROR_CODE_DEADLINE_EXCEEDED,
+                    f"did not register within {limits.register_timeout_s:g} s of connecting",
+                )
+            late = reassembler.expire(limits.transfer_timeout_s)
+            if late:
+                raise Rejection(
+                    pb.ERROR_CODE_DEADLINE_EXCEEDED,
+                    f"transfer {late[0]} not completed within {limits.transfer_timeout_s:g} s; "
+                    "dropped",
+                )
+
     async def _deliver(
-        self, received: Received | None, queue: asyncio.Queue[Any], bound: list[str]
+        self, received: Received | None, queue: asyncio.Queue[Any], link: _Link
     ) -> None:
         """Hand a complete message (if `received` is one) to the coordinator, and wait for
         its decision."""
@@ -207,13 +314,13 @@ class GrpcServerTransport(ServerTransport):
         assert self._inbound is not None
         record(self._meter, "up", received)
         env = received.envelope
-        peer = bound[0] if bound else None
-        fut = self._inbound.on_message(peer, received.message)
+        peer = link.agent_id
+        fut = self._inbound.on_message(peer, received.message, link.identity)
         registering = env.agent_id if peer is None and env.HasField("register") else None
         # Runs in the coordinator's thread as it decides, so the replies are queued
         # before anything it sends this agent afterwards.
         fut.add_done_callback(
-            functools.partial(self._accepted, queue=queue, bound=bound, registering=registering)
+            functools.partial(self._accepted, queue=queue, link=link, registering=registering)
         )
         await asyncio.wrap_future(fut)
 
@@ -221,7 +328,7 @@ class GrpcServerTransport(ServerTransport):
         self,
         fut: Future[list[Message]],
         queue: asyncio.Queue[Any],
-        bound: list[str],
+        link: _Link,
         registering: str | None,
     ) -> None:
         if fut.exception() is not None:
@@ -233,8 +340,13 @@ class GrpcServerTransport(ServerTransport):
                 previous = self._streams.get(registering)
                 self._streams[registering] = queue
             if previous is not None and previous is not queue:
-                loop.call_soon_threadsafe(previous.put_nowait, _CLOSE)
-            bound.append(registering)
+                close = _Close(
+                    pb.ERROR_CODE_ABORTED,
+                    f"replaced by a newer connection of agent {registering} (from "
+                    f"{link.address}): another process uses this agent id",
+                )
+                loop.call_soon_threadsafe(previous.put_nowait, close)
+            link.agent_id = registering
         for msg in fut.result():
             loop.call_soon_threadsafe(queue.put_nowait, self._encode(msg))
 
@@ -242,12 +354,38 @@ class GrpcServerTransport(ServerTransport):
     async def _write(
         queue: asyncio.Queue[Any],
         context: grpc.aio.ServicerContext[Any, Any],
-        handler: asyncio.Task[Any],
+        closing: asyncio.Future[_Close],
     ) -> None:
         while True:
             item = await queue.get()
-            if item is _CLOSE:
-                handler.cancel()
+            if isinstance(item, _Close):
+                closing.set_result(item)
                 return
             for raw in item:
                 await context.write(raw)
+
+
+@dataclass
+class _Link:
+    """One stream: where from, since when, what its handshake proved, and (once the
+    coordinator accepted its Register) the agent id it is bound to."""
+
+    address: str
+    opened: float
+    identity: Identity | None
+    agent_id: str | None = None
+
+
+def _check_before_registration(raw: bytes) -> None:
+    """Refuse what a stream may not send before it has registered: anything but a small
+    envelope frame (no transfer is started, no buffer taken, for a stranger)."""
+    if len(raw) > PRE_REGISTER_FRAME_BYTES:
+        raise errors.too_large(
+            f"a {len(raw)}-byte frame before registration; at most {PRE_REGISTER_FRAME_BYTES} "
+            "until a Register is accepted"
+        )
+    if parse_frame(raw).WhichOneof("kind") != "envelope":
+        raise Rejection(
+            pb.ERROR_CODE_UNAUTHENTICATED,
+            "register first: chunked transfers need a registered connection",
+        )

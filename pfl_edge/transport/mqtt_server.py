@@ -132,6 +132,11 @@ class MqttServerTransport(ServerTransport):
         record_sent(self._meter, "down", msg.envelope, wire, len(raws))
         return True
 
+    def disconnect(self, agent_id: str, code: int, reason: str) -> None:
+        """Send the agent an Error and drop its frames until it registers again (the
+        broker keeps its connection: revoking its broker account ends that)."""
+        self._refuse(self._peer(agent_id), Rejection(code, reason))
+
     def stop(self, grace_s: float = 1.0) -> None:
         session, self._session = self._session, None
         if session is None:

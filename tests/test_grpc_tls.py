@@ -1,0 +1,99 @@
+"""Mutual TLS with real `pfl-agent run` processes: an agent whose connection another
+process of the same id replaces, or whom the operator removes from the fleet, notices
+within seconds, says why and exits instead of hanging; an agent of the fleet gets in."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pfl_edge import certs
+from tests.agent_threads import config, write_private
+from tests.harness import (
+    AgentProcesses,
+    Coordinator,
+    agent_tls_options,
+    running_coordinator,
+    with_mutual_tls,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+NOTICE_S = 10.0
+"""How soon a cut-off agent process must have noticed and exited."""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Path:
+    folder = tmp_path / "fleet"
+    certs.init_fleet(folder, ["127.0.0.1"])
+    for agent_id in ("a", "b"):
+        certs.add_agent(folder, agent_id)
+    return folder
+
+
+@pytest.fixture
+def coord(tmp_path: Path, fleet: Path) -> Iterator[Coordinator]:
+    # min_agents 3: no round starts, so the agents only register and wait.
+    cfg = with_mutual_tls(config(tmp_path, algorithm="local", min_agents=3), fleet)
+    with running_coordinator(cfg) as c:
+        yield c
+
+
+def spawn(procs: AgentProcesses, coord: Coordinator, fleet: Path, agent_id: str, name: str) -> None:
+    procs.spawn(
+        f"grpc://{coord.target}",
+        agent_id,
+        write_private(procs.tmp / f"{name}.npz"),
+        *agent_tls_options(fleet, agent_id, procs.tmp / f"{name}-device"),
+        "--give-up-after",
+        "20",
+        name=name,
+    )
+
+
+def exited_within(procs: AgentProcesses, name: str, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while (code := procs.procs[name].poll()) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} still running {seconds} s later:\n{procs.log(name)}")
+        time.sleep(0.05)
+    return code
+
+
+def test_replaced_agent_process_says_so_and_exits(
+    tmp_path: Path, coord: Coordinator, fleet: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pfl_edge.coordinator")
+    with AgentProcesses(tmp_path, wait_s=60) as procs:
+        spawn(procs, coord, fleet, "a", "first")
+        procs.wait_until(lambda: "a" in coord.engine.agents, "a to register")
+        spawn(procs, coord, fleet, "a", "second")
+        procs.wait_until(lambda: "agent a reconnected" in caplog.text, "the second process")
+        assert exited_within(procs, "first", NOTICE_S) == 2
+        assert "replaced by a newer connection of agent a" in procs.log("first")
+        assert procs.procs["second"].poll() is None, "the newer process stays"
+        assert coord.engine.agents["a"].connected
+
+
+def test_removed_agent_is_cut_off_and_cannot_come_back(
+    tmp_path: Path, coord: Coordinator, fleet: Path
+) -> None:
+    with AgentProcesses(tmp_path, wait_s=60) as procs:
+        spawn(procs, coord, fleet, "b", "b")
+        procs.wait_until(
+            lambda: "b" in coord.engine.agents and coord.engine.agents["b"].connected,
+            "b to register",
+        )
+        rows_before = coord.store.agents()
+        certs.remove_agent(fleet, "b")
+        code = exited_within(procs, "b", NOTICE_S)
+        log = procs.log("b")
+        assert code == 2, log
+        assert "removed from the fleet" in log
+        assert "refused this agent" in log, "its reconnection was refused too"
+        assert coord.store.agents() == rows_before
