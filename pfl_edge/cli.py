@@ -10,7 +10,7 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 
-from pfl_edge import logs
+from pfl_edge import certs_cli, logs
 from pfl_edge.data.fetch import fetch, load
 from pfl_edge.data.partition import partition_classes, partition_dirichlet, save_client
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     part = dsub.add_parser("partition", help="split a data set into per-agent private .npz files")
     _partition_arguments(part)
     part.add_argument("--out", type=Path, required=True, help="folder for agent-XX.npz")
+    certs_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     logs.setup("INFO", "pfl-edge")
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             from pfl_edge.demo import run_demo
 
             return run_demo(args)
+        if args.command == "certs":
+            return certs_cli.run(args)
         if args.data_command == "fetch":
             path = fetch(args.name, args.cache_dir)
             print(path)
