@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
             "demo",
             help="run a coordinator and agents as separate processes on this machine",
             description="Start a coordinator and N agents (separate OS processes on loopback, "
-            "gRPC or MQTT, the agents' traffic through a counting TCP proxy), run the rounds, "
-            "and write report.json and report.png to --out.",
+            "gRPC or MQTT over mutual TLS with a throwaway fleet CA in OUT/pki, the agents' "
+            "traffic through a counting TCP proxy), run the rounds, and write report.json and "
+            "report.png to --out.",
         )
     )
     data = sub.add_parser("data", help="fetch data sets, partition them for agents")
@@ -72,7 +73,14 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker",
         metavar="mqtt://HOST:PORT",
-        help="MQTT broker for --transport mqtt (default: start a mosquitto for the demo)",
+        help="your MQTT broker for --transport mqtt, needs --insecure: the demo cannot "
+        "provision it (default: start a mosquitto for the demo, with mutual TLS)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS: plaintext gRPC on loopback; the demo's broker still wants per-run "
+        "passwords (default: mutual TLS with a throwaway fleet CA in OUT/pki)",
     )
     p.add_argument(
         "--models",

@@ -9,15 +9,15 @@ from typing import TypeVar
 
 import pytest
 
-from pfl_edge.broker import Broker
+from pfl_edge.broker import Broker, secure_config
 from pfl_edge.netproxy import free_port
-from tests.mosquitto import Certs, make_certs, secure_config, write_passwords
+from tests.mosquitto import Certs, make_fleet
 
 T = TypeVar("T")
 
 
 def _with_tools(make: Callable[[], T]) -> T:
-    """`make()`; a missing mosquitto or openssl fails the test (never skips it)."""
+    """`make()`; a missing mosquitto fails the test (never skips it)."""
     try:
         return make()
     except FileNotFoundError as exc:
@@ -37,10 +37,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return _with_tools(lambda: make_certs(tmp_path_factory.mktemp("certs")))
-
-
-SECURE_PASSWORDS = {"coordinator": "pw-coordinator", "agent-a": "pw-a", "agent-b": "pw-b"}
+    """A fleet (pfl_edge.certs) with agents agent-a and agent-b; tests must not change it."""
+    return make_fleet(tmp_path_factory.mktemp("fleet"))
 
 
 @dataclass(frozen=True)
@@ -50,32 +48,34 @@ class SecureBroker:
     passwords: dict[str, str]
 
 
-def _secure(tmp_path: Path, certs: Certs, *, require_certificate: bool) -> Iterator[SecureBroker]:
+def secure_broker(tmp_path: Path, certs: Certs, *, require_certificate: bool) -> SecureBroker:
+    """A started mosquitto of deploy/mosquitto/mosquitto.conf with the fleet's files."""
+
     def start() -> Broker:
         workdir = tmp_path / "mosquitto"
-        workdir.mkdir()
-        passwd = write_passwords(workdir / "passwd", SECURE_PASSWORDS)
         port = free_port()
-        config = secure_config(
-            workdir, port, certs, passwd, require_certificate=require_certificate
-        )
+        config = secure_config(workdir, port, certs.folder, require_certificate=require_certificate)
         return Broker(workdir, config, port).start()
 
-    broker = _with_tools(start)
-    try:
-        yield SecureBroker(broker, certs, SECURE_PASSWORDS)
-    finally:
-        broker.stop()
+    return SecureBroker(_with_tools(start), certs, certs.passwords())
 
 
 @pytest.fixture
 def secure_mosquitto(tmp_path: Path, certs: Certs) -> Iterator[SecureBroker]:
-    """deploy/mosquitto/mosquitto.conf as shipped (TLS, passwords, the deploy ACL file) on a
-    free loopback port, with accounts coordinator, agent-a and agent-b."""
-    yield from _secure(tmp_path, certs, require_certificate=False)
+    """deploy/mosquitto/mosquitto.conf with passwords over TLS (require_certificate false)
+    and the fleet's accounts and ACL on a free loopback port: coordinator, agent-a, agent-b."""
+    sb = secure_broker(tmp_path, certs, require_certificate=False)
+    try:
+        yield sb
+    finally:
+        sb.broker.stop()
 
 
 @pytest.fixture
 def mutual_tls_mosquitto(tmp_path: Path, certs: Certs) -> Iterator[SecureBroker]:
-    """As `secure_mosquitto`, with require_certificate true (clients need a certificate)."""
-    yield from _secure(tmp_path, certs, require_certificate=True)
+    """As `secure_mosquitto`, as deployed: mutual TLS, the certificate's name the username."""
+    sb = secure_broker(tmp_path, certs, require_certificate=True)
+    try:
+        yield sb
+    finally:
+        sb.broker.stop()

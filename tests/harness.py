@@ -20,7 +20,7 @@ from coordinator.config import PublicSection, RunConfig, RunSection, ServerSecti
 from coordinator.service import RunningCoordinator, start
 from pfl_edge import codec, public_data
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.demo import agent_command
+from pfl_edge.demo import agent_command, agent_tls_arguments
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
@@ -272,11 +272,4 @@ def agent_tls_options(fleet_dir: Path, agent_id: str, device: Path) -> list[str]
     the fleet's copy)."""
     folder = device / "tls"
     shutil.copytree(fleet_dir / "agents" / agent_id, folder, dirs_exist_ok=True)
-    return [
-        "--tls-ca",
-        str(folder / "ca.crt"),
-        "--tls-cert",
-        str(folder / "agent.crt"),
-        "--tls-key",
-        str(folder / "agent.key"),
-    ]
+    return agent_tls_arguments(folder)

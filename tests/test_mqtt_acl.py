@@ -1,15 +1,20 @@
-"""The broker's security as deployed: deploy/mosquitto/mosquitto.conf (TLS, passwords) with
-the deploy ACL file, against a real mosquitto. An agent can neither publish as another
-agent (uploads, status, peer messages) nor read another agent's inbox; the transports,
-peer exchange included, work within the rules."""
+"""The broker's security as deployed: deploy/mosquitto/mosquitto.conf (mutual TLS, or
+passwords over TLS) with the accounts and ACL of a fleet made by pfl_edge.certs, against a
+real mosquitto. An agent can neither publish as another agent (uploads, status, peer
+messages) nor read another agent's inbox, nor take over another client's id (the
+coordinator's included); the transports, peer exchange and persistent sessions included,
+work within the rules, and an agent removed from the fleet is locked out at the reload."""
 
 from __future__ import annotations
 
+import logging
 import queue
+import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -20,7 +25,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from coordinator.config import ConfigError, RunConfig, ServerSection
 from coordinator.service import broker_login
+from pfl_edge import certs
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.broker import DEPLOY_CONFIG
 from pfl_edge.framing import Message
 from pfl_edge.transport import credentials as cr
 from pfl_edge.transport import mqtt_common as mc
@@ -28,8 +35,17 @@ from pfl_edge.transport.base import TransportClosed
 from pfl_edge.transport.mqtt_client import MqttClientTransport
 from pfl_edge.transport.mqtt_server import MqttServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
-from tests.conftest import SecureBroker
-from tests.test_mqtt_transport import RUN, WAIT_S, RecordingInbound, envelope, expect, register
+from tests.conftest import SecureBroker, secure_broker
+from tests.mosquitto import Certs, make_fleet
+from tests.test_mqtt_transport import (
+    RUN,
+    WAIT_S,
+    RecordingInbound,
+    envelope,
+    expect,
+    register,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,15 +55,25 @@ NOT_AUTHORIZED = 0x87
 class RawAgent:
     """A plain paho client logged in as an agent, to try what our transport never does."""
 
-    def __init__(self, sb: SecureBroker, user: str) -> None:
+    def __init__(
+        self, sb: SecureBroker, user: str, client_id: str = "", mutual: bool = False
+    ) -> None:
+        """Logged in as `user` with its password, or with `mutual` its certificate; asks
+        for `client_id` (default raw-<user>)."""
         self.acks: dict[int, ReasonCode] = {}
         self.acked = threading.Condition()
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.disconnected = threading.Event()
         connected = threading.Event()
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{user}", protocol=paho.MQTTv5)
-        c.username_pw_set(user, sb.passwords[user])
-        c.tls_set(ca_certs=str(sb.certs.ca))
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"raw-{user}", protocol=paho.MQTTv5
+        )
+        tls = sb.certs.client_tls(mutual, user)
+        if not mutual:
+            c.username_pw_set(user, sb.passwords[user])
+        c.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile)
         c.on_connect = lambda _c, _u, _f, _r, _p: connected.set()
+        c.on_disconnect = lambda *_: self.disconnected.set()
         c.on_publish = self._on_publish
         c.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, bytes(msg.payload)))
         c.connect("127.0.0.1", sb.broker.port)
@@ -74,25 +100,32 @@ class RawAgent:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def coordinator(
-    secure_mosquitto: SecureBroker,
-) -> Iterator[tuple[MqttServerTransport, RecordingInbound]]:
-    sb = secure_mosquitto
+def start_coordinator(
+    sb: SecureBroker, mutual: bool = False, offline_grace_s: float = 0.2
+) -> tuple[MqttServerTransport, RecordingInbound]:
+    """The coordinator's transport, logged in with its password or (`mutual`) certificate."""
+    if mutual:
+        login = cr.Credentials(tls=sb.certs.client_tls(True, mc.COORDINATOR_USERNAME))
+    else:
+        login = cr.Credentials(password=sb.passwords["coordinator"], tls=sb.certs.client_tls())
     server = MqttServerTransport(
         "127.0.0.1",
         sb.broker.port,
         ByteMeter(),
         run_id=RUN,
-        options=cr.TransportOptions(
-            credentials=cr.Credentials(
-                password=sb.passwords["coordinator"], tls=sb.certs.client_tls()
-            )
-        ),
-        offline_grace_s=0.2,
+        options=cr.TransportOptions(credentials=login),
+        offline_grace_s=offline_grace_s,
     )
     inbound = RecordingInbound()
     server.start(inbound)
+    return server, inbound
+
+
+@pytest.fixture
+def coordinator(
+    secure_mosquitto: SecureBroker,
+) -> Iterator[tuple[MqttServerTransport, RecordingInbound]]:
+    server, inbound = start_coordinator(secure_mosquitto)
     try:
         yield server, inbound
     finally:
@@ -104,19 +137,50 @@ def agent(
     agent_id: str = "agent-a",
     user: str | None = None,
     password: str | None = None,
+    mutual: bool = False,
 ) -> MqttClientTransport:
+    """An agent's transport: password login as `user` (default: the agent id) or, with
+    `mutual`, the certificate of `user`."""
+    if mutual:
+        login = cr.Credentials(tls=sb.certs.client_tls(True, user or agent_id))
+    else:
+        login = cr.Credentials(
+            user, password or sb.passwords[user or agent_id], sb.certs.client_tls()
+        )
     return MqttClientTransport(
         "127.0.0.1",
         sb.broker.port,
         ByteMeter(),
         agent_id=agent_id,
         run_id=RUN,
-        options=cr.TransportOptions(
-            credentials=cr.Credentials(
-                user, password or sb.passwords[user or agent_id], sb.certs.client_tls()
-            )
-        ),
+        options=cr.TransportOptions(credentials=login),
     )
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A broker in one of the deployed modes: passwords over TLS, or mutual TLS."""
+
+    sb: SecureBroker
+    mutual: bool
+
+
+@pytest.fixture(params=[False, True], ids=["passwords", "mutual-tls"])
+def deployed(request: pytest.FixtureRequest) -> Deployed:
+    mutual = bool(request.param)
+    sb = request.getfixturevalue("mutual_tls_mosquitto" if mutual else "secure_mosquitto")
+    return Deployed(sb, mutual)
+
+
+@pytest.fixture
+def deployed_coordinator(
+    deployed: Deployed,
+) -> Iterator[tuple[MqttServerTransport, RecordingInbound]]:
+    server, inbound = start_coordinator(deployed.sb, deployed.mutual)
+    try:
+        yield server, inbound
+    finally:
+        server.stop()
 
 
 def frame(agent_id: str) -> bytes:
@@ -178,10 +242,10 @@ def test_agent_cannot_read_another_agents_inbox_or_uploads(
 
 
 def test_transports_work_within_the_rules(
-    secure_mosquitto: SecureBroker, coordinator: tuple[MqttServerTransport, RecordingInbound]
+    deployed: Deployed, deployed_coordinator: tuple[MqttServerTransport, RecordingInbound]
 ) -> None:
-    _, inbound = coordinator
-    a = agent(secure_mosquitto)
+    _, inbound = deployed_coordinator
+    a = agent(deployed.sb, mutual=deployed.mutual)
     a.connect(WAIT_S)
     a.send(register())
     expect(a, "run_config")
@@ -228,32 +292,181 @@ def test_anonymous_refused(secure_mosquitto: SecureBroker) -> None:
     assert info.value.refused
 
 
-def test_agent_id_other_than_the_username_refused(secure_mosquitto: SecureBroker) -> None:
-    client = agent(secure_mosquitto, "agent-b", user="agent-a")
+def test_agent_id_other_than_the_username_refused(deployed: Deployed) -> None:
+    client = agent(deployed.sb, "agent-b", user="agent-a", mutual=deployed.mutual)
     with pytest.raises(TransportClosed, match="Not authorized") as info:
         client.connect(WAIT_S)
     assert info.value.code == pb.ERROR_CODE_PERMISSION_DENIED
 
 
-def test_mutual_tls(mutual_tls_mosquitto: SecureBroker) -> None:
+def test_mutual_tls_the_certificate_is_the_login(mutual_tls_mosquitto: SecureBroker) -> None:
     sb = mutual_tls_mosquitto
-    with_cert = MqttClientTransport(
-        "127.0.0.1",
-        sb.broker.port,
-        ByteMeter(),
-        agent_id="agent-a",
-        run_id=RUN,
-        options=cr.TransportOptions(
-            credentials=cr.Credentials(
-                password=sb.passwords["agent-a"], tls=sb.certs.client_tls(mutual=True)
-            )
-        ),
-    )
+    with_cert = agent(sb, mutual=True)  # no username, no password
     with_cert.connect(WAIT_S)
     with_cert.close()
-    without = agent(sb)
+    assert "as agent-a (" in sb.broker.log_text()  # client id: the certificate's name
+    without = agent(sb)  # the right password, no certificate: the handshake fails
     with pytest.raises(TransportClosed):
         without.connect(1.0)
+
+
+# Client ids are the usernames (use_username_as_clientid): no account takes over another's.
+
+
+def test_an_agent_cannot_take_over_the_coordinators_client_id(
+    deployed: Deployed,
+    deployed_coordinator: tuple[MqttServerTransport, RecordingInbound],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pfl_edge.transport")
+    _, inbound = deployed_coordinator
+    sb = deployed.sb
+    rogue = RawAgent(sb, "agent-a", mc.coordinator_client_id(RUN), deployed.mutual)
+    b = agent(sb, "agent-b", mutual=deployed.mutual)
+    try:
+        # The broker would have closed the coordinator's connection before it answered
+        # the rogue's CONNECT; the coordinator would have seen that before it answers b
+        # (paho reconnects a second later at the earliest).
+        b.connect(WAIT_S)
+        b.send(register("agent-b"))
+        expect(b, "run_config")
+        assert inbound.next()[0] == "agent-b"
+        assert "lost its connection" not in caplog.text
+        log = sb.broker.log_text()
+        assert "already connected" not in log
+        assert "as agent-a (" in log
+        # The rogue got a session of its own, not the coordinator's: no upload reaches it.
+        assert rogue.messages.empty()
+    finally:
+        b.close()
+        rogue.close()
+
+
+def test_an_agent_cannot_take_over_another_agents_client_id(
+    deployed: Deployed,
+    deployed_coordinator: tuple[MqttServerTransport, RecordingInbound],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pfl_edge.transport")
+    server, inbound = deployed_coordinator
+    sb = deployed.sb
+    b = agent(sb, "agent-b", mutual=deployed.mutual)
+    b.connect(WAIT_S)
+    rogue = RawAgent(sb, "agent-a", mc.agent_client_id(RUN, "agent-b"), deployed.mutual)
+    try:
+        b.send(register("agent-b"))
+        expect(b, "run_config")
+        inbound.next()
+        server.send("agent-b", envelope(agent_id="agent-b", task=pb.Task(action="for b")))
+        assert expect(b, "task").task.action == "for b"
+        assert "lost its connection" not in caplog.text
+        assert "already connected" not in sb.broker.log_text()
+        assert rogue.messages.empty()
+    finally:
+        b.close()
+        rogue.close()
+
+
+def test_sessions_survive_a_broker_restart_under_username_client_ids(
+    deployed: Deployed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As tests/test_mqtt_transport.py's restart test, with the broker choosing the ids."""
+    caplog.set_level(logging.INFO, logger="pfl_edge.transport")
+    sb = deployed.sb
+    # The default grace: the agent's last will, which the stopping broker publishes, does
+    # not count while the agent is back within it.
+    server, inbound = start_coordinator(sb, deployed.mutual, mc.OFFLINE_GRACE_SECONDS)
+    client = agent(sb, mutual=deployed.mutual)
+    client.connect(WAIT_S)
+    try:
+        client.send(register())
+        expect(client, "run_config")
+        inbound.next()
+        sb.broker.stop()
+        client.send(envelope(agent_id="agent-a", round=1, metrics=pb.Metrics(values={"q": 1})))
+        server.send("agent-a", envelope(agent_id="agent-a", round=2, task=pb.Task(action="q")))
+        sb.broker.start()
+        assert expect(client, "task").task.action == "q"
+        assert inbound.next()[1].metrics.values["q"] == 1
+        wait_for(lambda: "agent agent-a reconnected" in caplog.text, "the reconnected status")
+        # Both came back to the sessions the broker saved under their usernames.
+        assert caplog.text.count("(session present: True)") == 2
+        assert inbound.disconnects.empty()
+    finally:
+        client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["passwords", "mutual-tls"])
+def test_an_agent_removed_from_the_fleet_is_locked_out_at_the_reload(
+    tmp_path: Path, mutual: bool
+) -> None:
+    fleet = make_fleet(tmp_path / "fleet")  # changed below: not the session's fleet
+    sb = secure_broker(tmp_path, fleet, require_certificate=mutual)
+    # What the device keeps: remove_agent deletes the fleet's copy.
+    device = shutil.copytree(fleet.folder / "agents" / "agent-b", tmp_path / "device-b")
+    live = RawAgent(sb, "agent-b", mutual=mutual)
+    try:
+        topic = mc.Topics(RUN).frames_from("agent-b")
+        assert not live.publish(topic, frame("agent-b")).is_failure
+        certs.remove_agent(fleet.folder, "agent-b")
+        sb.broker.reload()
+        if mutual:
+            # The certificate still passes the handshake; the ACL no longer names it.
+            assert live.publish(topic, frame("agent-b")).value == NOT_AUTHORIZED
+            tls = cr.TlsFiles(*(str(device / f) for f in ("ca.crt", "agent.crt", "agent.key")))
+            login = cr.Credentials(tls=tls)
+        else:
+            assert live.disconnected.wait(WAIT_S)  # mosquitto drops a login it no longer has
+            password = (device / "mqtt-password").read_text().splitlines()[0]
+            login = cr.Credentials("agent-b", password, sb.certs.client_tls())
+        again = MqttClientTransport(
+            "127.0.0.1",
+            sb.broker.port,
+            ByteMeter(),
+            agent_id="agent-b",
+            run_id=RUN,
+            options=cr.TransportOptions(credentials=login),
+        )
+        with pytest.raises(TransportClosed, match="Not authorized") as info:
+            again.connect(WAIT_S)
+        assert info.value.code == (
+            pb.ERROR_CODE_PERMISSION_DENIED if mutual else pb.ERROR_CODE_UNAUTHENTICATED
+        )
+        kept = agent(sb, "agent-a", mutual=mutual)  # the others are unaffected
+        kept.connect(WAIT_S)
+        kept.close()
+    finally:
+        live.close()
+        sb.broker.stop()
+
+
+def acl_rules(text: str) -> dict[str | None, set[str]]:
+    """An ACL file's topic rules by `user`, and under None its pattern rules (mosquitto
+    applies those to every user, wherever they stand)."""
+    rules: dict[str | None, set[str]] = {None: set()}
+    user = None
+    for line in text.splitlines():
+        if line.startswith("user "):
+            user = line.split(" ", 1)[1]
+            rules[user] = set()
+        elif line.startswith("pattern "):
+            rules[None].add(line.replace("pattern ", "topic ", 1))
+        elif line.startswith("topic "):
+            rules[user].add(line)
+    return rules
+
+
+def test_the_fleets_acl_spells_out_the_deploy_acls_patterns(certs: Certs) -> None:
+    """deploy/mosquitto/acl states for every account what `pfl-edge certs` writes for
+    each registered agent."""
+    deploy = acl_rules((DEPLOY_CONFIG.parent / "acl").read_text())
+    fleet = acl_rules((certs.folder / "mosquitto" / "acl").read_text())
+    assert fleet.keys() == {None, "coordinator", "agent-a", "agent-b"}
+    assert fleet[None] == set()  # no pattern: a removed agent is left with nothing
+    assert fleet["coordinator"] == deploy["coordinator"]
+    for agent_id in ("agent-a", "agent-b"):
+        assert fleet[agent_id] == {r.replace("%u", agent_id) for r in deploy[None]}
 
 
 # Login settings as users give them (pfl-agent run options, [server] keys).

@@ -276,7 +276,7 @@ def test_factory_builds_mqtt_transports() -> None:
     assert isinstance(server, MqttServerTransport)
     assert client.address == "mqtt://broker.example:1884"
     assert server.address == "mqtt://broker.example:1883"
-    with pytest.raises(ValueError, match="an MQTT broker login; .* is gRPC"):
+    with pytest.raises(ValueError, match=r"an MQTT broker login; .* is gRPC"):
         client_for(
             "grpc://127.0.0.1:50051",
             meter,
