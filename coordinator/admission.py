@@ -63,7 +63,7 @@ class Admission:
     ) -> None:
         """`fleet_path` None admits any agent the transport let through."""
         self._path = fleet_path
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self.registry: fleet.Registry | None = None
         self._bucket = TokenBucket(register_rate, max(1.0, register_rate * BURST_SECONDS), clock)
         self._rate = register_rate
@@ -100,7 +100,8 @@ class Admission:
             st = self._path.stat()
         except OSError:
             return False
-        stamp = (st.st_mtime_ns, st.st_size)
+        # pfl_edge.fleet.save replaces the file: a new inode even within one mtime tick.
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return False
         self._stamp = stamp

@@ -146,7 +146,7 @@ def plain_config(workdir: Path, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TLS_KEYS = ("cafile", "certfile", "keyfile", "tls_version")
+_TLS_KEYS = ("cafile", "certfile", "keyfile", "crlfile", "tls_version")
 _CERT_KEYS = ("require_certificate", "use_identity_as_username")
 
 
@@ -161,7 +161,7 @@ def secure_config(
 ) -> str:
     """deploy/mosquitto/mosquitto.conf (`template`) on a loopback `port`, persistence and
     log in `workdir`, with the fleet directory's files (`pfl_edge.certs`): broker.crt,
-    broker.key and ca.crt for TLS, mosquitto/passwd and mosquitto/acl for who may log in
+    broker.key, ca.crt and ca.crl for TLS, mosquitto/passwd and mosquitto/acl for who may log in
     and what each account may use.
 
     `require_certificate`: mutual TLS, the certificate's common name is the username (as
@@ -181,6 +181,7 @@ def secure_config(
         "cafile": str(fleet / "ca.crt"),
         "certfile": str(fleet / "broker.crt"),
         "keyfile": str(fleet / "broker.key"),
+        "crlfile": str(fleet / "ca.crl"),
         "tls_version": "tlsv1.2",
         "require_certificate": str(require_certificate).lower(),
         "use_identity_as_username": str(require_certificate).lower(),

@@ -10,6 +10,9 @@
     <dir>/agents/<id>/                 agent.crt (CN = agent id), agent.key, ca.crt,
                                        mqtt-password: what one device needs, both transports
     <dir>/mosquitto/passwd, acl        the broker's accounts and topic rules for the members
+    <dir>/ca.crl                       the certificates revoked by `remove` and re-issue: the
+                                       broker checks it (mosquitto crlfile); the coordinator
+                                       needs none, it admits the registered fingerprint only
 
 Keys and passwords are written 0600, every file atomically. The mosquitto password file
 is made here in mosquitto 2's own format (PBKDF2-SHA512), so no mosquitto_passwd is
@@ -85,6 +88,7 @@ def init_fleet(
     _issue(folder, "broker", "broker", names, [ExtendedKeyUsageOID.SERVER_AUTH], days)
     _write(folder / "coordinator.mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True)
     fleet.save(folder / "fleet.toml", fleet.Registry())
+    _revoke(folder, [])
     _write_broker_files(folder)
 
 
@@ -97,6 +101,8 @@ def add_agent(folder: Path, agent_id: str, *, days: int = 825) -> Path:
         raise ValueError(f"{agent_id!r} is the coordinator's broker account: choose another id")
     _require_fleet(folder)
     out = folder / "agents" / agent_id
+    if (out / "agent.crt").is_file():
+        _revoke(folder, [out / "agent.crt"])
     out.mkdir(parents=True, exist_ok=True)
     cert = _issue(out, "agent", agent_id, [], [ExtendedKeyUsageOID.CLIENT_AUTH], days, ca=folder)
     shutil.copyfile(folder / "ca.crt", out / "ca.crt")
@@ -116,6 +122,8 @@ def remove_agent(folder: Path, agent_id: str) -> None:
     if agent_id not in registry.members:
         raise ValueError(f"agent {agent_id!r} is not in the fleet registry {folder / 'fleet.toml'}")
     fleet.save(folder / "fleet.toml", registry.without(agent_id))
+    old = folder / "agents" / agent_id / "agent.crt"
+    _revoke(folder, [old] if old.is_file() else [])
     shutil.rmtree(folder / "agents" / agent_id, ignore_errors=True)
     _write_broker_files(folder)
 
@@ -127,6 +135,36 @@ def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
     b64 = base64.b64encode
     return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _revoke(folder: Path, certificates: list[Path]) -> None:
+    """ca.crl: the serials revoked before, plus those of `certificates`, signed by the CA."""
+    ca_key, ca_cert = _ca(folder)
+    now = _now()
+    crl_path = folder / "ca.crl"
+    revoked = list(x509.load_pem_x509_crl(crl_path.read_bytes())) if crl_path.is_file() else []
+    for path in certificates:
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        revoked.append(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=3650))
+    )
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write(crl_path, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def _ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{folder / 'ca.key'} is not the fleet's EC key")
+    return key, x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
 
 
 def _write_broker_files(folder: Path) -> None:
@@ -169,11 +207,7 @@ def _issue(
 ) -> bytes:
     """Key and certificate `<stem>.key/.crt` in `folder`, signed by the CA in `ca`
     (default: `folder`); returns the certificate's PEM."""
-    ca_dir = ca or folder
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{ca_dir / 'ca.key'} is not the fleet's EC key")
+    ca_key, ca_cert = _ca(ca or folder)
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         _builder(common_name, key.public_key(), CA_NAME, _now(), days)

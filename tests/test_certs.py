@@ -93,6 +93,19 @@ def test_remove_drops_registry_entry_files_password_and_acl(folder: Path) -> Non
         certs.remove_agent(folder, "jetson-01")
 
 
+def test_removed_and_reissued_certificates_are_on_the_crl(folder: Path) -> None:
+    first = load(folder / "agents/jetson-01/agent.crt")
+    crl = x509.load_pem_x509_crl((folder / "ca.crl").read_bytes())
+    assert len(list(crl)) == 0 and crl.is_signature_valid(load(folder / "ca.crt").public_key())  # type: ignore[arg-type]
+    certs.add_agent(folder, "jetson-01")
+    second = load(folder / "agents/jetson-01/agent.crt")
+    certs.remove_agent(folder, "jetson-01")
+    crl = x509.load_pem_x509_crl((folder / "ca.crl").read_bytes())
+    assert sorted(r.serial_number for r in crl) == sorted(
+        [first.serial_number, second.serial_number]
+    )
+
+
 def test_password_hash_is_mosquittos_pbkdf2_sha512(folder: Path) -> None:
     line = (folder / "mosquitto/passwd").read_text().splitlines()[1]
     user, rest = line.split(":", 1)

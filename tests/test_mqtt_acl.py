@@ -428,11 +428,13 @@ def test_an_agent_removed_from_the_fleet_is_locked_out_at_the_reload(
             run_id=RUN,
             options=cr.TransportOptions(credentials=login),
         )
-        with pytest.raises(TransportClosed, match="Not authorized") as info:
-            again.connect(WAIT_S)
-        assert info.value.code == (
-            pb.ERROR_CODE_PERMISSION_DENIED if mutual else pb.ERROR_CODE_UNAUTHENTICATED
-        )
+        if mutual:  # its certificate is on the fleet's CRL now: the handshake fails
+            with pytest.raises(TransportClosed):
+                again.connect(5.0)
+        else:
+            with pytest.raises(TransportClosed, match="Not authorized") as info:
+                again.connect(WAIT_S)
+            assert info.value.code == pb.ERROR_CODE_UNAUTHENTICATED
         kept = agent(sb, "agent-a", mutual=mutual)  # the others are unaffected
         kept.connect(WAIT_S)
         kept.close()
@@ -513,3 +515,28 @@ def test_agent_refuses_broker_options_for_grpc(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "pfl-agent: --mqtt-password-file: only for an mqtt:// --coordinator" in proc.stderr
+
+
+def test_a_reissued_certificate_replaces_the_old_one_at_the_broker(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "fleet")  # changed below: not the session's fleet
+    sb = secure_broker(tmp_path, fleet, require_certificate=True)
+    old = shutil.copytree(fleet.folder / "agents" / "agent-a", tmp_path / "old-a")
+    try:
+        certs.add_agent(fleet.folder, "agent-a")  # re-issued: the old one goes on ca.crl
+        sb.broker.reload()
+        tls = cr.TlsFiles(*(str(old / f) for f in ("ca.crt", "agent.crt", "agent.key")))
+        stale = MqttClientTransport(
+            "127.0.0.1",
+            sb.broker.port,
+            ByteMeter(),
+            agent_id="agent-a",
+            run_id=RUN,
+            options=cr.TransportOptions(credentials=cr.Credentials(tls=tls)),
+        )
+        with pytest.raises(TransportClosed):
+            stale.connect(5.0)
+        fresh = agent(sb, "agent-a", mutual=True)  # the new certificate logs in
+        fresh.connect(WAIT_S)
+        fresh.close()
+    finally:
+        sb.broker.stop()
