@@ -23,6 +23,7 @@ from pfl_edge.accounting import ByteMeter
 from pfl_edge.demo import agent_command, agent_tls_arguments
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import TransportClosed
+from pfl_edge.transport.credentials import TlsFiles
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
@@ -91,10 +92,16 @@ def running_coordinator(cfg: RunConfig) -> Iterator[Coordinator]:
 class ScriptedAgent:
     """Speaks the protocol step by step over a real gRPC connection."""
 
-    def __init__(self, target: str, agent_id: str, meter: ByteMeter | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        agent_id: str,
+        meter: ByteMeter | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.agent_id = agent_id
         self.meter = meter or ByteMeter()
-        self.t = GrpcClientTransport(target, self.meter)
+        self.t = GrpcClientTransport(target, self.meter, tls=tls)
         self.t.connect(5)
         self.seq = 0
 

@@ -7,15 +7,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edge_agent.runtime import Agent
 from pfl_edge import certs
-from tests.agent_threads import config, write_private
+from pfl_edge.transport.credentials import TlsFiles, load_credentials
+from tests.agent_threads import SHAPE, config, options, start, wait_until, write_private
 from tests.harness import (
     AgentProcesses,
     Coordinator,
+    ScriptedAgent,
     agent_tls_options,
     running_coordinator,
     with_mutual_tls,
@@ -97,3 +102,41 @@ def test_removed_agent_is_cut_off_and_cannot_come_back(
         assert "removed from the fleet" in log
         assert "refused this agent" in log, "its reconnection was refused too"
         assert coord.store.agents() == rows_before
+
+
+def test_agent_refused_as_busy_backs_off_and_gets_in(
+    tmp_path: Path, fleet: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # 0.5 registrations per second, bursts of 5: the scripted agents take the burst.
+    cfg = with_mutual_tls(
+        config(tmp_path, algorithm="local", min_agents=3), fleet, register_rate=0.5
+    )
+    with running_coordinator(cfg) as coord:
+        tls = agent_tls_options(fleet, "b", tmp_path / "b-device")
+        scripted = [_mutual_tls_agent(coord, fleet, "a") for _ in range(5)]
+        agent = Agent(
+            replace(
+                options(tmp_path, coord.target, "b"),
+                credentials=load_credentials(tls_ca=tls[1], tls_cert=tls[3], tls_key=tls[5]),
+                give_up_after_s=30.0,
+            )
+        )
+        outcome: dict[str, Any] = {}
+        start(agent, outcome)
+        wait_until(
+            lambda: "b" in coord.engine.agents and coord.engine.agents["b"].connected,
+            "b to get in",
+        )
+        for s in scripted:
+            s.close()
+    assert "coordinator busy (RESOURCE_EXHAUSTED: too many registrations" in caplog.text
+    assert "error" not in outcome
+
+
+def _mutual_tls_agent(coord: Coordinator, fleet: Path, agent_id: str) -> ScriptedAgent:
+    folder = fleet / "agents" / agent_id
+    tls = TlsFiles(*(str(folder / f) for f in ("ca.crt", "agent.crt", "agent.key")))
+    agent = ScriptedAgent(coord.target, agent_id, tls=tls)
+    agent.register(input_shape=SHAPE)
+    return agent
