@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="stop retrying after S seconds without the coordinator",
     )
+    run.add_argument(
+        "--keepalive",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="gRPC: ping an idle link every S seconds; a link that stays silent (a dead "
+        "network path) is noticed and re-dialled within about 2 x S (default 60)",
+    )
     run.add_argument("--log-level", default="INFO")
 
     predict = sub.add_parser("predict", help="classify inputs with model.onnx (onnxruntime only)")
@@ -120,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         give_up_after_s=args.give_up_after,
+        keepalive_s=args.keepalive,
         save_state=args.save_state,
     )
     try:

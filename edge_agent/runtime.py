@@ -25,6 +25,7 @@ from edge_agent.peers import PeerExchange
 from pfl_edge import codec, public_data
 from pfl_edge import peer_exchange as px
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.constants import KEEPALIVE_SECONDS
 from pfl_edge.data._npz import load_npz_arrays, save_npz_atomic
 from pfl_edge.data.fetch import default_cache_dir
 from pfl_edge.data.partition import ClientData, load_client
@@ -78,6 +79,9 @@ class AgentOptions:
     seed: int = 0
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default."""
+    keepalive_s: float = KEEPALIVE_SECONDS
+    """gRPC: ping an idle link this often; a silently dead one is re-dialled within about
+    twice this."""
     connect_timeout_s: float = 10.0
     give_up_after_s: float = 600.0
     """Stop retrying a connection after this long without the coordinator."""
@@ -161,7 +165,9 @@ class Agent:
             self.meter,
             agent_id=self.opts.agent_id,
             run_id=self.opts.run_id,
-            options=TransportOptions(credentials=self.opts.credentials),
+            options=TransportOptions(
+                credentials=self.opts.credentials, keepalive_s=self.opts.keepalive_s
+            ),
         )
         self.transport = t
         self.registered = False

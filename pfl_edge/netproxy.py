@@ -36,6 +36,7 @@ class CountingProxy:
         self._server.settimeout(0.2)
         self.port = self._server.getsockname()[1]
         self._stop = threading.Event()
+        self._blackhole = threading.Event()
         self._sockets: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True, name="proxy-accept")
 
@@ -50,6 +51,11 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self._counts = SocketCounts(connections=self._counts.connections)
+
+    def blackhole(self) -> None:
+        """From now on drop every byte, both ways, and keep the connections open: a
+        network path that died without a FIN or RST (a cut cable, a NAT that forgot it)."""
+        self._blackhole.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,6 +93,8 @@ class CountingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while data := src.recv(BUFFER_BYTES):
+                if self._blackhole.is_set():
+                    continue
                 dst.sendall(data)
                 with self._lock:
                     if up:

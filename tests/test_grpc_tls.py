@@ -15,6 +15,7 @@ import pytest
 
 from edge_agent.runtime import Agent
 from pfl_edge import certs
+from pfl_edge.netproxy import CountingProxy
 from pfl_edge.transport.credentials import TlsFiles, load_credentials
 from tests.agent_threads import SHAPE, config, options, start, wait_until, write_private
 from tests.harness import (
@@ -140,3 +141,31 @@ def _mutual_tls_agent(coord: Coordinator, fleet: Path, agent_id: str) -> Scripte
     agent = ScriptedAgent(coord.target, agent_id, tls=tls)
     agent.register(input_shape=SHAPE)
     return agent
+
+
+def test_agent_notices_a_silently_dead_link_and_redials(
+    tmp_path: Path, coord: Coordinator, fleet: Path
+) -> None:
+    proxy = CountingProxy(("127.0.0.1", coord.server.port)).start()
+    try:
+        with AgentProcesses(tmp_path, wait_s=60) as procs:
+            procs.spawn(
+                f"grpc://127.0.0.1:{proxy.port}",
+                "a",
+                write_private(tmp_path / "a.npz"),
+                *agent_tls_options(fleet, "a", tmp_path / "a-device"),
+                "--keepalive",
+                "1",
+            )
+            procs.wait_until(
+                lambda: "a" in coord.engine.agents and coord.engine.agents["a"].connected,
+                "a to register",
+            )
+            proxy.blackhole()  # no FIN, no RST: the path just stops carrying bytes
+            cut = time.monotonic()
+            procs.wait_until(lambda: "connection lost" in procs.log("a"), "a to notice")
+            assert time.monotonic() - cut < NOTICE_S
+            assert "reconnecting" in procs.log("a")
+            assert procs.procs["a"].poll() is None, "it keeps trying, it does not exit"
+    finally:
+        proxy.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
+from pfl_edge.constants import CHUNK_BYTES, KEEPALIVE_SECONDS, MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,14 @@ class Credentials:
 @dataclass(frozen=True)
 class TransportOptions:
     """A transport's settings besides its address and ids: the frame (chunk) and message
-    sizes, and the credentials."""
+    sizes, the credentials, the keepalive."""
 
     chunk_bytes: int = CHUNK_BYTES
     max_message_bytes: int = MAX_MESSAGE_BYTES
     credentials: Credentials = Credentials()
+    keepalive_s: float = KEEPALIVE_SECONDS
+    """gRPC client: how often an idle link is pinged (a dead one is noticed within about
+    twice this); the MQTT transports keep the broker's keepalive of KEEPALIVE_SECONDS."""
 
 
 DEFAULT_OPTIONS = TransportOptions()

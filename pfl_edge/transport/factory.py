@@ -54,7 +54,11 @@ def client_for(
         from pfl_edge.transport.grpc_client import GrpcClientTransport
 
         return GrpcClientTransport(
-            ep.hostport, meter, tls=_grpc_tls(ep, options), **_grpc_sizes(options)
+            ep.hostport,
+            meter,
+            tls=_grpc_tls(ep, options),
+            keepalive_s=options.keepalive_s,
+            **_grpc_sizes(options),
         )
     from pfl_edge.transport.mqtt_client import MqttClientTransport
 

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from pfl_edge.accounting import ByteMeter
-from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
+from pfl_edge.constants import CHUNK_BYTES, KEEPALIVE_SECONDS, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
 from pfl_edge.transport import grpc_common as gc
@@ -37,10 +37,13 @@ class GrpcClientTransport(ClientTransport):
         chunk_bytes: int = CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         tls: TlsFiles | None = None,
+        keepalive_s: float = KEEPALIVE_SECONDS,
     ) -> None:
         """With `tls`, the channel is TLS (the CA checks the coordinator's certificate and
-        host name; a certificate and key of this agent make it mutual TLS)."""
+        host name; a certificate and key of this agent make it mutual TLS). `keepalive_s`:
+        see grpc_common.channel_options."""
         self._target = target
+        self._keepalive_s = keepalive_s
         self._credentials = None if tls is None else gc.channel_credentials(tls)
         self._meter = meter
         self._framer = Framer(chunk_bytes)
@@ -55,7 +58,7 @@ class GrpcClientTransport(ClientTransport):
     def connect(self, timeout_s: float) -> None:
         self.close()
         self._outbox, self._inbox, self._ended = queue.Queue(OUTBOX_FRAMES), Inbox(), []
-        options = gc.channel_options(self._chunk_bytes)
+        options = gc.channel_options(self._chunk_bytes, self._keepalive_s)
         channel = (
             grpc.insecure_channel(self._target, options=options)
             if self._credentials is None
