@@ -29,6 +29,7 @@ import ipaddress
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from pfl_edge.transport.mqtt_common import COORDINATOR_USERNAME, check_id
 
 CA_NAME = "pfl-edge fleet CA"
 LOOPBACK = ("localhost", "127.0.0.1")
+CA_DAYS = 3650
+"""The CA outlives the certificates it signs (ten years, or --days if longer): when it
+expires, every device of the fleet fails at once. A certificate never outlives the CA."""
 PBKDF2_ITERATIONS = 101
 """mosquitto_passwd's default for its $7$ (PBKDF2-SHA512) hashes."""
 
@@ -56,6 +60,7 @@ def init_fleet(
             f"{folder} already holds a fleet CA (ca.key): add agents with `pfl-edge certs add`, "
             "or choose another --dir"
         )
+    _check_days(days)
     names = list(dict.fromkeys([*hosts, *(LOOPBACK if loopback else ())]))
     if not names:
         raise ValueError("give the coordinator's host names or addresses (--host)")
@@ -63,7 +68,7 @@ def init_fleet(
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     ca = (
-        _builder(CA_NAME, ca_key.public_key(), CA_NAME, now, days)
+        _builder(CA_NAME, ca_key.public_key(), CA_NAME, now, _after(now, max(days, CA_DAYS)))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -99,13 +104,14 @@ def add_agent(folder: Path, agent_id: str, *, days: int = 825) -> Path:
     check_id("agent", agent_id)
     if agent_id == COORDINATOR_USERNAME:
         raise ValueError(f"{agent_id!r} is the coordinator's broker account: choose another id")
+    _check_days(days)
     _require_fleet(folder)
     out = folder / "agents" / agent_id
     if (out / "agent.crt").is_file():
         _revoke(folder, [out / "agent.crt"])
     out.mkdir(parents=True, exist_ok=True)
     cert = _issue(out, "agent", agent_id, [], [ExtendedKeyUsageOID.CLIENT_AUTH], days, ca=folder)
-    shutil.copyfile(folder / "ca.crt", out / "ca.crt")
+    _write(out / "ca.crt", (folder / "ca.crt").read_bytes())
     _write(out / "mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True)
     member = fleet.Member(agent_id, fleet.cert_sha256(cert), _now().strftime("%Y-%m-%dT%H:%M:%SZ"))
     registry = fleet.load(folder / "fleet.toml").with_member(member)
@@ -209,8 +215,15 @@ def _issue(
     (default: `folder`); returns the certificate's PEM."""
     ca_key, ca_cert = _ca(ca or folder)
     key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
     builder = (
-        _builder(common_name, key.public_key(), CA_NAME, _now(), days)
+        _builder(
+            common_name,
+            key.public_key(),
+            CA_NAME,
+            now,
+            min(_after(now, days), ca_cert.not_valid_after_utc),
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
@@ -233,7 +246,7 @@ def _builder(
     public_key: ec.EllipticCurvePublicKey,
     issuer: str,
     now: dt.datetime,
-    days: int,
+    until: dt.datetime,
 ) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
@@ -242,7 +255,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(until)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
@@ -254,8 +267,17 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def _after(now: dt.datetime, days: int) -> dt.datetime:
+    return now + dt.timedelta(days=days)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _check_days(days: int) -> None:
+    if days < 1:
+        raise ValueError(f"certificates must be valid for at least 1 day, not {days} (--days)")
 
 
 def _require_fleet(folder: Path) -> None:
@@ -273,11 +295,17 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _write(path: Path, data: bytes | str, *, secret: bool = False) -> None:
-    """Write atomically; `secret` files are created 0600 (never readable by others, even
-    for a moment)."""
+    """Write atomically; `secret` files are 0600 from the start (never readable by others,
+    even for a moment). The temporary file is a new one (mkstemp: 0600, O_EXCL), so a
+    stale or planted file of the same name cannot lend the key its mode or owner."""
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if not secret:
+                os.fchmod(f.fileno(), 0o644)
+            f.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -31,22 +31,37 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="leave localhost and 127.0.0.1 out of the certificates",
     )
-    for name, text in (
-        ("add", "issue an agent its certificate and broker password, and register it"),
-        ("remove", "remove an agent: registry (its live link is closed), certificate, account"),
-    ):
-        p = csub.add_parser(name, help=text)
+    add = csub.add_parser(
+        "add", help="issue an agent its certificate and broker password, and register it"
+    )
+    remove = csub.add_parser(
+        "remove", help="remove an agent: registry (its live link is closed), certificate, account"
+    )
+    for p in (add, remove):
         p.add_argument("agent_id", help="the agent's id (its certificate's common name)")
     listing = csub.add_parser("list", help="list the registered agents")
-    for p in (init, *(csub.choices[n] for n in ("add", "remove")), listing):
+    for p in (init, add, remove, listing):
         p.add_argument("--dir", type=Path, required=True, help="the fleet folder")
-        if p is not listing and p.prog.split()[-1] != "remove":
-            p.add_argument(
-                "--days", type=int, default=825, help="validity of new certificates (825)"
-            )
+    for p in (init, add):
+        p.add_argument("--days", type=int, default=825, help="validity of new certificates (825)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a parsed `pfl-edge certs` command; ValueError says what went wrong (a file that
+    cannot be written, a missing `cryptography`) for pfl_edge.cli to print."""
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        if exc.name != "cryptography":
+            raise
+        raise ValueError(
+            "pfl-edge certs needs the cryptography package: pip install 'pfl-edge[coordinator]'"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"{exc.filename or args.dir}: {exc.strerror or exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from pfl_edge import certs, fleet
 
     folder: Path = args.dir

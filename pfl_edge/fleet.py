@@ -27,6 +27,7 @@ from pfl_edge.transport.mqtt_common import check_id
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEYS = {"cert_sha256", "added"}
+_TOML_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 HEADER = (
     "# pfl-edge fleet registry: who may join, each with its certificate's sha256.\n"
@@ -52,10 +53,7 @@ class Registry:
         if member is None:
             return f"agent {agent_id!r} is not in the fleet registry"
         if cert_sha256 is not None and cert_sha256 != member.cert_sha256:
-            return (
-                f"certificate of {agent_id!r} is not the one registered for it "
-                "(re-issued or revoked)"
-            )
+            return f"certificate of {agent_id!r} is not the one registered (re-issued or revoked)"
         return None
 
     def with_member(self, member: Member) -> Registry:
@@ -110,13 +108,21 @@ def load(path: Path) -> Registry:
 
 
 def save(path: Path, registry: Registry) -> None:
-    """Write `registry` atomically (a reader sees the old file or the new one, never half)."""
+    """Write `registry` atomically (a reader sees the old file or the new one, never half).
+    Every string is escaped: an `added` edited by hand (quotes, backslashes) must not
+    make the file unreadable, or the coordinator would keep the registry before it."""
     lines = [HEADER]
     for agent_id in sorted(registry.members):
         m = registry.members[agent_id]
         lines.append(
-            f'\n[agents."{agent_id}"]\ncert_sha256 = "{m.cert_sha256}"\nadded = "{m.added}"\n'
+            f"\n[agents.{_toml_string(agent_id)}]\ncert_sha256 = {_toml_string(m.cert_sha256)}\n"
+            f"added = {_toml_string(m.added)}\n"
         )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
+
+
+def _toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quote, backslash and control characters escaped."""
+    return '"' + _TOML_ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04X}", text) + '"'

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import socket
 import ssl
 import stat
@@ -40,33 +39,78 @@ def cn(cert: x509.Certificate) -> str:
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
+def san(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """DNS names and IP addresses (as text) of a certificate's subjectAltName."""
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    return names.get_values_for_type(x509.DNSName), ips
+
+
+def eku(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
 def test_certificates_chain_to_the_ca_with_names_and_usages(folder: Path) -> None:
     ca = load(folder / "ca.crt")
-    coord, agent = load(folder / "coordinator.crt"), load(folder / "agents/jetson-01/agent.crt")
-    for cert in (coord, agent, load(folder / "broker.crt")):
+    coord, broker = load(folder / "coordinator.crt"), load(folder / "broker.crt")
+    agent = load(folder / "agents/jetson-01/agent.crt")
+    for cert in (coord, broker, agent):
         cert.verify_directly_issued_by(ca)
-    assert (cn(coord), cn(agent)) == ("coordinator", "jetson-01")
-    san = coord.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["coord.example", "localhost"]
-    assert san.get_values_for_type(x509.IPAddress) == [
-        ipaddress.ip_address("10.1.2.3"),
-        ipaddress.ip_address("127.0.0.1"),
-    ]
-    eku = agent.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert (cn(ca), cn(coord), cn(broker), cn(agent)) == (
+        "pfl-edge fleet CA",
+        "coordinator",
+        "broker",
+        "jetson-01",
+    )
+    hosts = (["coord.example", "localhost"], ["10.1.2.3", "127.0.0.1"])
+    assert san(coord) == san(broker) == hosts  # an address is an IP SAN, not a DNS name
+    assert eku(coord) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert eku(broker) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert eku(agent) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not agent.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+
+
+def test_no_loopback_leaves_localhost_out(tmp_path: Path) -> None:
+    certs.init_fleet(tmp_path, ["coord.example"], loopback=False, days=30)
+    coord = load(tmp_path / "coordinator.crt")
+    assert san(coord) == (["coord.example"], [])
+    validity = coord.not_valid_after_utc - coord.not_valid_before_utc
+    assert 30 <= validity.days <= 31  # not_before is backdated a few minutes for clock skew
+
+
+def test_init_and_add_refuse_what_would_go_wrong(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"already holds a fleet CA.*pfl-edge certs add"):
+        certs.init_fleet(folder, ["other"])
+    with pytest.raises(ValueError, match="--host"):
+        certs.init_fleet(tmp_path / "empty", [], loopback=False)
+    with pytest.raises(ValueError, match="the coordinator's broker account"):
+        certs.add_agent(folder, "coordinator")
+    with pytest.raises(ValueError, match="at least 1 day"):
+        certs.add_agent(folder, "pi-02", days=0)
+    with pytest.raises(ValueError, match=r"holds no fleet.*pfl-edge certs init"):
+        certs.add_agent(tmp_path / "nothing", "pi-02")
+    assert sorted(fleet.load(folder / "fleet.toml").members) == ["jetson-01"]
 
 
 def test_keys_and_passwords_are_private(folder: Path) -> None:
-    for path in (
+    secrets = {
         "ca.key",
         "coordinator.key",
+        "broker.key",
+        "coordinator.mqtt-password",
         "agents/jetson-01/agent.key",
         "agents/jetson-01/mqtt-password",
         "mosquitto/passwd",
-    ):
-        assert stat.S_IMODE((folder / path).stat().st_mode) == 0o600, path
-    assert stat.S_IMODE((folder / "ca.crt").stat().st_mode) == 0o644
+    }
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert secrets < files
+    assert not [f for f in files if Path(f).name.startswith(".")]  # no temporary left
+    for path in files:
+        mode = stat.S_IMODE((folder / path).stat().st_mode)
+        assert mode == (0o600 if path in secrets else 0o644), path
 
 
 def test_registry_holds_the_fingerprint_and_reissue_replaces_it(folder: Path) -> None:
@@ -107,12 +151,22 @@ def test_removed_and_reissued_certificates_are_on_the_crl(folder: Path) -> None:
 
 
 def test_password_hash_is_mosquittos_pbkdf2_sha512(folder: Path) -> None:
-    line = (folder / "mosquitto/passwd").read_text().splitlines()[1]
-    user, rest = line.split(":", 1)
-    _, scheme, iterations, salt, digest = rest.split("$")
-    password = (folder / "agents" / user / "mqtt-password").read_text().strip()
-    want = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
-    assert (scheme, base64.b64decode(digest)) == ("7", want)
+    """mosquitto_passwd's format: user:$7$101$<base64 12-byte salt>$<base64 64-byte hash>
+    (tests/test_mqtt_acl.py logs in to a real mosquitto with these)."""
+    files = {
+        "coordinator": folder / "coordinator.mqtt-password",
+        "jetson-01": folder / "agents/jetson-01/mqtt-password",
+    }
+    lines = (folder / "mosquitto/passwd").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == list(files)
+    for line in lines:
+        user, rest = line.split(":", 1)
+        empty, scheme, iterations, salt, digest = rest.split("$")
+        password = files[user].read_text().splitlines()[0]
+        want = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), 101)
+        assert (empty, scheme, iterations) == ("", "7", "101")
+        assert len(base64.b64decode(salt, validate=True)) == 12
+        assert base64.b64decode(digest, validate=True) == want
 
 
 def test_mutual_tls_handshake_needs_an_agent_certificate(folder: Path) -> None:
@@ -156,34 +210,58 @@ def test_mutual_tls_handshake_needs_an_agent_certificate(folder: Path) -> None:
 
 
 def test_cli_init_add_list_remove(tmp_path: Path) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "pfl_edge.cli", "certs", *args, "--dir", str(tmp_path / "f")]
+    def cli(*args: str, folder: Path = tmp_path / "f") -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "pfl_edge.cli", "certs", *args, "--dir", str(folder)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
     assert cli("init", "--host", "coord.example").returncode == 0
-    assert cli("add", "dev-1").returncode == 0
+    added = cli("add", "dev-1")
+    assert added.returncode == 0 and str(tmp_path / "f/agents/dev-1") in added.stdout
     listed = cli("list")
-    assert listed.returncode == 0 and listed.stdout.startswith("dev-1\t")
-    bad = cli("add", "no/slash")
-    assert bad.returncode == 2 and "pfl-edge: agent id 'no/slash' cannot be used" in bad.stderr
-    again = cli("init", "--host", "x")
-    assert again.returncode == 2 and "already holds a fleet CA" in again.stderr
+    fingerprint = fleet.cert_sha256((tmp_path / "f/agents/dev-1/agent.crt").read_bytes())
+    assert listed.returncode == 0 and listed.stdout.startswith(f"dev-1\t{fingerprint}\t20")
+    for args, message in (
+        (("add", "no/slash"), "pfl-edge: agent id 'no/slash' cannot be used"),
+        (("add", "dev-2", "--days", "0"), "pfl-edge: certificates must be valid for at least"),
+        (("remove", "dev-9"), "pfl-edge: agent 'dev-9' is not in the fleet registry"),
+        (("init", "--host", "x"), "pfl-edge: " + str(tmp_path / "f") + " already holds"),
+    ):
+        bad = cli(*args)
+        assert (bad.returncode, bad.stdout) == (2, ""), args
+        assert message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    (tmp_path / "file").write_text("")
+    unwritable = cli("init", "--host", "x", folder=tmp_path / "file" / "fleet")
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith(f"pfl-edge: {tmp_path / 'file' / 'fleet'}: ")
     assert cli("remove", "dev-1").returncode == 0
     assert cli("list").stdout == ""
+    assert not (tmp_path / "f/agents/dev-1").exists()
 
 
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("[agents.a\n", "not valid TOML"),
-        ("[users.a]\n", "unknown table"),
-        ('[agents."a/b"]\ncert_sha256 = "' + "0" * 64 + '"\n', "cannot be used"),
-        ('[agents.a]\ncert_sha256 = "xyz"\n', "64 lowercase hex"),
-        ('[agents.a]\ncert_sha256 = "' + "0" * 64 + '"\nrole = "x"\n', "nothing else"),
-    ],
-)
-def test_a_bad_registry_file_says_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
-    path = tmp_path / "fleet.toml"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        fleet.load(path)
+def test_cli_without_cryptography_says_what_to_install(tmp_path: Path) -> None:
+    """Only `certs` needs it: the other commands parse and run without it."""
+    script = (
+        "import sys; sys.modules['cryptography'] = None\n"  # import cryptography now fails
+        "from pfl_edge.cli import main\n"
+        f"code = main(['certs', 'init', '--host', 'h', '--dir', {str(tmp_path)!r}])\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "pfl-edge: pfl-edge certs needs the cryptography package: pip install" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ca_outlives_the_certificates_it_signs(tmp_path: Path) -> None:
+    certs.init_fleet(tmp_path / "f", ["h"], days=30)
+    certs.add_agent(tmp_path / "f", "a", days=9000)
+    ca = load(tmp_path / "f" / "ca.crt")
+    coordinator, agent = (
+        load(tmp_path / "f" / "coordinator.crt"),
+        load(tmp_path / "f/agents/a/agent.crt"),
+    )
+    assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days >= certs.CA_DAYS
+    assert (coordinator.not_valid_after_utc - coordinator.not_valid_before_utc).days == 30
+    assert agent.not_valid_after_utc == ca.not_valid_after_utc, "capped at the CA's expiry"
