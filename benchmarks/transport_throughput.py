@@ -39,7 +39,7 @@ from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.broker import Broker
 from pfl_edge.framing import Message
-from pfl_edge.transport.base import ClientTransport, ServerTransport
+from pfl_edge.transport.base import ClientTransport, Identity, ServerTransport
 from pfl_edge.transport.credentials import TransportOptions
 from pfl_edge.transport.factory import client_for, server_for
 from pfl_edge.transport.grpc_server import GrpcServerTransport
@@ -57,7 +57,9 @@ class EchoInbound:
     """Register -> RunConfig; an "upload" Result -> a small acknowledgement; an "echo"
     Result -> a Task with the same tensors and blobs."""
 
-    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+    def on_message(
+        self, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
         env = msg.envelope
         reply = Message(pb.Envelope(agent_id=env.agent_id, run_id=RUN_ID, round=env.round))
         if env.HasField("register"):

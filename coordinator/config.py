@@ -82,6 +82,9 @@ class ServerSection:
     """Concurrent gRPC streams; more are refused (RESOURCE_EXHAUSTED)."""
     register_rate: float = 50.0
     """Registrations per second (bursts of 10 s worth); more are refused until there is room."""
+    max_inflight_bytes: int = 1 << 30
+    """Bytes of chunked messages under way from all agents together; a transfer beyond it
+    is refused (RESOURCE_EXHAUSTED) and the agent retries. At least max_message_bytes."""
     mqtt: str = ""
     mqtt_username: str = ""
     """Broker login; "" with a password file means "coordinator"."""
@@ -165,6 +168,12 @@ class RunConfig:
         for name in ("register_timeout_s", "transfer_timeout_s", "register_rate"):
             _check(getattr(s, name) > 0, f"server.{name}", getattr(s, name), "positive")
         _check(s.max_connections >= 1, "server.max_connections", s.max_connections, "at least 1")
+        _check(
+            s.max_inflight_bytes >= s.max_message_bytes,
+            "server.max_inflight_bytes",
+            s.max_inflight_bytes,
+            "at least server.max_message_bytes",
+        )
         _check(s.chunk_bytes >= 1024, "server.chunk_bytes", s.chunk_bytes, "at least 1024")
         _check(
             s.max_message_bytes >= s.chunk_bytes,

@@ -38,12 +38,14 @@ from pfl_edge import peer_exchange as px
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Message, kind_of
+from pfl_edge.logs import Throttled
 from pfl_edge.transport.base import Identity, Inbound, ServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
 from pfl_edge.v1.tensor_pb2 import Tensor
 from pfl_edge.values import Scalar, from_values, to_values
 
 log = logging.getLogger("pfl_edge.coordinator")
+_refusals = Throttled(log)
 
 FINISH = "finish"
 """Framework action after the last round: export the model, report final metrics."""
@@ -219,7 +221,9 @@ class Engine:
         try:
             fut.set_result(self._dispatch(transport, peer, msg, identity))
         except Rejection as r:
-            log.warning("refused %s from %s: %s", kind_of(env), peer or env.agent_id or "?", r)
+            _refusals.warning(
+                "refused %s from %s: %s", kind_of(env), peer or env.agent_id or "?", r
+            )
             fut.set_exception(r)
         except Exception as exc:
             log.exception("internal error on %s from %s", kind_of(env), env.agent_id)

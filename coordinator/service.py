@@ -164,7 +164,10 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
         log.info("inspection endpoint on %s (/status, /inspect)", http.address)
     transports: list[ServerTransport] = []
     limits = ServerLimits(
-        cfg.server.register_timeout_s, cfg.server.transfer_timeout_s, cfg.server.max_connections
+        cfg.server.register_timeout_s,
+        cfg.server.transfer_timeout_s,
+        cfg.server.max_connections,
+        cfg.server.max_inflight_bytes,
     )
     for url, credentials in (
         (cfg.server.grpc and f"grpc://{cfg.server.grpc}", Credentials(tls=tls)),

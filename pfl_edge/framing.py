@@ -258,6 +258,32 @@ class Received:
         return self.message.envelope
 
 
+class InFlight:
+    """Bytes that every sender's open transfers declared together, against one budget: a
+    receiver of many senders holds at most `limit` for messages not yet complete,
+    however many senders there are (thread-safe: senders are read concurrently)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def reserve(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._held + nbytes > self.limit:
+                return False
+            self._held += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._held -= nbytes
+
+
 @dataclass
 class Reassembler:
     """Reads the frames of one sender.
@@ -269,6 +295,8 @@ class Reassembler:
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     clock: Callable[[], float] = time.monotonic
+    budget: InFlight | None = None
+    """Shared with the receiver's other senders; None: this sender's own limit only."""
     _open: dict[int, _Transfer] = field(default_factory=dict)
     _done: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
 
@@ -321,6 +349,12 @@ class Reassembler:
                 f"still in flight from this sender; at most {self.max_message_bytes} at once"
             )
         _check_blob_refs(head.envelope, len(sizes))
+        if self.budget is not None and not self.budget.reserve(total):
+            raise errors.too_large(
+                f"transfer {head.transfer_id} of {total} bytes: this receiver already holds "
+                f"{self.budget.held} bytes of incomplete messages (limit {self.budget.limit}); "
+                "retry shortly"
+            )
         buffers = [_RECYCLER.take(n) for n in sizes]
         t = _Transfer(
             head,
@@ -331,9 +365,10 @@ class Reassembler:
             wire_bytes,
             self.clock(),
         )
-        if t.remaining == 0:
-            raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
         self._open[head.transfer_id] = t
+        if t.remaining == 0:
+            self._drop(head.transfer_id)
+            raise errors.invalid(f"transfer {head.transfer_id} has only empty blobs")
 
     def _repeat(self, message_id: int) -> bool:
         """Whether `message_id` is a message completed or under way (then it is logged)."""
@@ -399,13 +434,15 @@ class Reassembler:
         t.remaining -= 1
         if t.remaining:
             return None
-        del self._open[c.transfer_id]
+        self._drop(c.transfer_id)
         self._remember(c.transfer_id)
         blobs: list[Buffer] = [_RECYCLER.lend(b) for b in t.buffers]
         return Received(Message(t.head.envelope, blobs), t.wire_bytes, t.frames)
 
     def _drop(self, transfer_id: int) -> None:
-        self._open.pop(transfer_id, None)
+        t = self._open.pop(transfer_id, None)
+        if t is not None and self.budget is not None:
+            self.budget.release(t.declared_bytes)
 
     def oldest_open(self) -> float | None:
         """When the oldest open transfer started (`clock`), None when none is open."""
@@ -421,9 +458,10 @@ class Reassembler:
         return late
 
     def reset(self) -> None:
-        """Drop partial transfers (after a reconnect the sender starts over); completed
-        ids stay remembered."""
-        self._open.clear()
+        """Drop partial transfers (after a reconnect the sender starts over, or when its
+        link is gone); completed ids stay remembered."""
+        for transfer_id in list(self._open):
+            self._drop(transfer_id)
 
 
 def parse_frame(raw: bytes) -> pb.Frame:

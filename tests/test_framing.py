@@ -14,7 +14,15 @@ import xxhash
 from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
-from pfl_edge.framing import REMEMBERED_IDS, Framer, Message, Reassembler, Received, blob_views
+from pfl_edge.framing import (
+    REMEMBERED_IDS,
+    Framer,
+    InFlight,
+    Message,
+    Reassembler,
+    Received,
+    blob_views,
+)
 from pfl_edge.transport.base import Identity, TransportClosed
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import OFFLOAD_FRAME_BYTES, GrpcServerTransport
@@ -374,3 +382,20 @@ def test_a_slice_of_a_received_blob_keeps_its_buffer_from_reuse() -> None:
     second = feed_all(frames_of(msg), r)[-1]
     assert second is not None
     np.testing.assert_array_equal(sliced, kept)
+
+
+def test_senders_share_one_in_flight_budget_given_back_on_completion_and_reset() -> None:
+    budget = InFlight(limit=600_000)
+    msg, _ = big_message(100_000)  # 400 kB of blobs
+    first, second = Reassembler(budget=budget), Reassembler(budget=budget)
+    frames = frames_of(msg)
+    first.feed(frames[0], 1)
+    assert budget.held == 400_000
+    with pytest.raises(Rejection, match="already holds 400000 bytes") as e:
+        second.feed(frames_of(msg)[0], 1)
+    assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+    assert feed_all(frames[1:], first)[-1] is not None
+    assert budget.held == 0, "a complete message gives its bytes back"
+    second.feed(frames_of(msg)[0], 1)
+    second.reset()  # the link is gone
+    assert budget.held == 0

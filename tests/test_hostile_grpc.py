@@ -593,6 +593,29 @@ def test_open_transfers_above_max_message_bytes(start: Callable[..., Run]) -> No
     assert_serves(run, a, "a")
 
 
+def test_transfers_of_all_agents_share_one_budget(start: Callable[..., Run]) -> None:
+    """Two registered agents, each holding a transfer within its own limit, cannot pin
+    more than max_inflight_bytes together; the first one's bytes come back when its
+    stream goes."""
+    run = start(max_inflight_bytes=256 * MiB)
+    a, _, b, _ = run.open_round()
+    c = run.join(ATTACKER)
+    before = state(run.coord)
+    c.send(head(1, [200 * MiB], MiB, metrics_envelope(ATTACKER, c.next_seq())))
+    wait_for(lambda: _in_flight(run) == 200 * MiB, "c's transfer to be open")
+    b.send(head(1, [100 * MiB], MiB, metrics_envelope("b", b.next_seq())))
+    code, details = b.status()
+    assert code == Status.RESOURCE_EXHAUSTED and "incomplete messages" in details
+    c.close()
+    wait_for(lambda: _in_flight(run) == 0, "c's bytes to come back")
+    assert_unchanged(before, run.coord)
+    assert_serves(run, a, "a")
+
+
+def _in_flight(run: Run) -> int:
+    return int(run.coord.server._in_flight.held)
+
+
 def test_half_finished_transfer_expires_and_is_freed(start: Callable[..., Run]) -> None:
     """16 MiB of a 48 MiB transfer, then nothing: closed at transfer_timeout_s, and the
     memory it filled is given back. (Chunks of 32 KiB: small frames leave little of

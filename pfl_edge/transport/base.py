@@ -53,6 +53,8 @@ class ServerLimits:
     """A chunked message must arrive completely within this."""
     max_connections: int = 4096
     """Concurrent links."""
+    max_inflight_bytes: int = 1 << 30
+    """Incomplete chunked messages of all links together (each link: one message at most)."""
 
 
 DEFAULT_LIMITS = ServerLimits()

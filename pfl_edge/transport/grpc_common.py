@@ -35,10 +35,6 @@ _TO_GRPC: dict[int, grpc.StatusCode] = {
 _FROM_GRPC = {v: k for k, v in _TO_GRPC.items()}
 
 
-MAX_STREAMS_PER_CONNECTION = 4
-"""An agent's stream, a health check, and room for a reconnect overlapping the old stream."""
-
-
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
     """TLS with the server's certificate; with `tls.ca_certs`, mutual TLS: a client
     without a certificate signed by that CA fails the handshake."""
@@ -106,14 +102,14 @@ def channel_options(
 def server_options(chunk_bytes: int, handshake_timeout_s: float) -> list[tuple[str, int]]:
     """Server options: accept the clients' keepalive pings, bound frame size, close a
     connection that has not finished its TCP/TLS/HTTP/2 handshake within
-    `handshake_timeout_s` (silent sockets, half prefaces) and bound the streams one
-    connection may open (an agent needs one)."""
+    `handshake_timeout_s` (silent sockets, half prefaces). Streams are bounded in all
+    (`ServerLimits.max_connections`), not per connection: agents in one process (a
+    simulation, a gateway) share one."""
     limit = chunk_bytes + FRAME_SLACK_BYTES
     return [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
-        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", int(KEEPALIVE_SECONDS * 500)),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -12,6 +12,7 @@ coordinator (`disconnect`), is closed with a status that says why."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -27,7 +28,15 @@ from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES
 from pfl_edge.errors import Rejection
 from pfl_edge.fleet import cert_sha256
-from pfl_edge.framing import Framer, Message, Reassembler, Received, parse_frame
+from pfl_edge.framing import (
+    Framer,
+    InFlight,
+    Message,
+    Reassembler,
+    Received,
+    parse_frame,
+)
+from pfl_edge.logs import Throttled
 from pfl_edge.transport import grpc_common as gc
 from pfl_edge.transport.base import (
     DEFAULT_LIMITS,
@@ -43,6 +52,7 @@ from pfl_edge.transport.credentials import TlsFiles
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
+_refusals = Throttled(log)
 
 OFFLOAD_FRAME_BYTES = 64 << 10
 """Frames at least this large are verified and copied off the event loop."""
@@ -72,6 +82,7 @@ class GrpcServerTransport(ServerTransport):
         self._bind = bind
         self._tls = tls
         self._limits = limits
+        self._in_flight = InFlight(limits.max_inflight_bytes)
         self._meter = meter
         self._framer = Framer(chunk_bytes)
         self._chunk_bytes = chunk_bytes
@@ -202,7 +213,7 @@ class GrpcServerTransport(ServerTransport):
             raise
         except Rejection as r:
             reason = f"refused: {r}"
-            log.warning("refused message from %s: %s", link.agent_id or link.address, r)
+            _refusals.warning("refused message from %s: %s", link.agent_id or link.address, r)
             await context.abort(gc.to_status(r.code), r.reason)
         finally:
             writer.cancel()
@@ -238,7 +249,7 @@ class GrpcServerTransport(ServerTransport):
         A large frame (a chunk) is fed to the reassembler in a worker thread, which verifies
         its hash and copies it while this loop reads the next frame; frames are still fed
         one at a time and in order, and each is fed before the next is."""
-        reassembler = Reassembler(self._max_message_bytes)
+        reassembler = Reassembler(self._max_message_bytes, budget=self._in_flight)
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[Received | None] | None = None
         reading: asyncio.Future[Any] | None = None
@@ -261,9 +272,12 @@ class GrpcServerTransport(ServerTransport):
                 else:
                     await self._deliver(reassembler.feed(raw, wire), queue, link)
         finally:  # when the stream ends early, nobody wants what is in flight
-            for fut in (reading, pending):
-                if fut is not None:
-                    fut.cancel()
+            if reading is not None:
+                reading.cancel()
+            if pending is not None:  # a feed in a worker thread: let it leave the reassembler
+                with contextlib.suppress(BaseException):
+                    await pending
+            reassembler.reset()  # its transfers' bytes go back to the shared budget
 
     async def _next(
         self,

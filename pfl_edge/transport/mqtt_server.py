@@ -30,12 +30,14 @@ from google.protobuf.message import DecodeError
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.errors import Rejection
 from pfl_edge.framing import Framer, Message, Reassembler
+from pfl_edge.logs import Throttled
 from pfl_edge.transport import mqtt_common as mc
 from pfl_edge.transport.base import Inbound, ServerTransport, TransportClosed, record, record_sent
 from pfl_edge.transport.credentials import DEFAULT_OPTIONS, TransportOptions
 from pfl_edge.v1 import messages_pb2 as pb
 
 log = logging.getLogger(__name__)
+_refusals = Throttled(log)
 
 
 @dataclass
@@ -233,7 +235,7 @@ class MqttServerTransport(ServerTransport):
         self._pump(peer)
 
     def _refuse(self, peer: _Peer, r: Rejection) -> None:
-        log.warning("refused message from agent %s: %s", peer.agent_id, r)
+        _refusals.warning("refused message from agent %s: %s", peer.agent_id, r)
         with peer.lock:
             peer.pending.clear()
             peer.reassembler.reset()
