@@ -18,7 +18,7 @@ import multiprocessing as mp
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from pfl_edge import codec
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.constants import CHUNK_BYTES
 from pfl_edge.framing import Message
+from pfl_edge.transport.base import Identity
+from pfl_edge.transport.credentials import TlsFiles
 from pfl_edge.transport.grpc_client import GrpcClientTransport
 from pfl_edge.transport.grpc_server import GrpcServerTransport
 from pfl_edge.v1 import messages_pb2 as pb
@@ -88,9 +90,12 @@ def codec_rows(sizes_mb: list[int], repeats: int) -> list[dict[str, Any]]:
 
 
 class _Sink:
-    """Inbound that decodes each arriving result and answers with an empty acknowledgement."""
+    """Inbound that takes any Register, decodes each arriving result and answers every
+    message with an empty acknowledgement."""
 
-    def on_message(self, peer: str | None, msg: Message) -> Future[list[Message]]:
+    def on_message(
+        self, peer: str | None, msg: Message, identity: Identity | None = None
+    ) -> Future[list[Message]]:
         env = msg.envelope
         if env.HasField("result"):
             codec.decode_many(env.result.tensors, msg.blobs)
@@ -104,8 +109,10 @@ class _Sink:
         pass
 
 
-def _serve_pfl(size_mb: int, ports: Any, stop: Any) -> None:
-    server = GrpcServerTransport("127.0.0.1:0", ByteMeter(), max_message_bytes=2 * size_mb * MB)
+def _serve_pfl(size_mb: int, tls: TlsFiles | None, ports: Any, stop: Any) -> None:
+    server = GrpcServerTransport(
+        "127.0.0.1:0", ByteMeter(), max_message_bytes=2 * size_mb * MB, tls=tls
+    )
     server.start(_Sink())
     ports.put(server.port)
     stop.wait()
@@ -140,12 +147,18 @@ def _in_child(target: Callable[..., None], *args: Any) -> tuple[Any, int, Any]:
 
 
 @contextlib.contextmanager
-def pfl_stream(size_mb: int) -> Iterator[Callable[[], None]]:
+def pfl_stream(
+    size_mb: int, server_tls: TlsFiles | None = None, client_tls: TlsFiles | None = None
+) -> Iterator[Callable[[], None]]:
     """Moves one tensor to another process through pfl-edge's gRPC transport (encode,
-    chunk with XXH3-64, send, reassemble and verify, decode, acknowledge)."""
-    proc, port, stop = _in_child(_serve_pfl, size_mb)
-    client = GrpcClientTransport(f"127.0.0.1:{port}", ByteMeter())
+    chunk with XXH3-64, send, reassemble and verify, decode, acknowledge); over TLS with
+    the transports' TLS files."""
+    proc, port, stop = _in_child(_serve_pfl, size_mb, server_tls)
+    client = GrpcClientTransport(f"127.0.0.1:{port}", ByteMeter(), tls=client_tls)
     client.connect(10)
+    client.send(Message(pb.Envelope(agent_id="bench", register=pb.Register())))
+    if client.recv(10) is None:  # a stream sends chunks once it has registered
+        raise RuntimeError("registration not acknowledged")
     array = np.random.default_rng(0).normal(size=size_mb * MB // 4).astype(np.float32)
 
     def once() -> None:
@@ -191,19 +204,30 @@ def plain_stream(size_mb: int) -> Iterator[Callable[[], None]]:
         proc.join(10)
 
 
+def alternate(onces: Sequence[Callable[[], None]], repeats: int) -> list[list[float]]:
+    """Seconds per call of each of `onces`, taken alternately (one of each, `repeats`
+    times, after one warm-up call each) so that all see the same load on a shared
+    machine."""
+    for once in onces:
+        once()  # warm-up: flow-control windows grow, receive buffers exist
+    times: list[list[float]] = [[] for _ in onces]
+    for _ in range(repeats):
+        for once, took in zip(onces, times, strict=True):
+            start = time.perf_counter()
+            once()
+            took.append(time.perf_counter() - start)
+    return times
+
+
+def pair_ratios(a_s: Sequence[float], b_s: Sequence[float]) -> list[float]:
+    """Speed of kind a over kind b (b's seconds over a's) per alternated pair, sorted."""
+    return sorted(round(b / a, 3) for a, b in zip(a_s, b_s, strict=True))
+
+
 def transfer_s(size_mb: int, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds per transfer, pfl-edge and plain, taken alternately (one of each, `repeats`
-    times) so that both see the same load on a shared machine."""
-    ours: list[float] = []
-    plain: list[float] = []
+    """Seconds per transfer, pfl-edge and plain, taken alternately."""
     with pfl_stream(size_mb) as pfl_once, plain_stream(size_mb) as plain_once:
-        pfl_once()  # warm-up: flow-control windows grow, receive buffers exist
-        plain_once()
-        for _ in range(repeats):
-            for once, times in ((pfl_once, ours), (plain_once, plain)):
-                start = time.perf_counter()
-                once()
-                times.append(time.perf_counter() - start)
+        ours, plain = alternate([pfl_once, plain_once], repeats)
     return ours, plain
 
 
@@ -231,7 +255,7 @@ def main() -> int:
         "pfl_edge_mb_s": args.transfer_mb / ours,
         "plain_grpc_bytes_stream_mb_s": args.transfer_mb / plain,
         "ratio": plain / ours,
-        "pair_ratios": sorted(round(p / o, 3) for o, p in zip(ours_s, plain_s, strict=True)),
+        "pair_ratios": pair_ratios(ours_s, plain_s),
     }
     print(
         f"  pfl-edge chunked stream {transfer['pfl_edge_mb_s']:.0f} MB/s, plain gRPC bytes "
