@@ -1,18 +1,14 @@
-"""pfl-edge: umbrella commands (`demo`, `data`)."""
+"""pfl-edge: umbrella commands (`demo`, `data`, `certs`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import cast
-
-import numpy as np
-import numpy.typing as npt
 
 from pfl_edge import certs_cli, logs
-from pfl_edge.data.fetch import fetch, load
-from pfl_edge.data.partition import partition_classes, partition_dirichlet, save_client
+from pfl_edge.data.fetch import fetch
+from pfl_edge.data.partition import PartitionSpec, write_partitions
 
 DEMO_MODELS = ("lenet5", "alexnet_small", "resnet_small", "shufflenet_small")
 
@@ -56,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             path = fetch(args.name, args.cache_dir)
             print(path)
             return 0
-        for path in write_partitions(args, args.out):
+        for path in write_partitions(PartitionSpec.from_args(args), args.out):
             print(path)
         return 0
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -117,29 +113,6 @@ def _partition_arguments(
     p.add_argument("--seed", type=int, default=0)
     if not any(a.dest == "agents" for a in p._actions):
         p.add_argument("--agents", type=int, default=8)
-
-
-def write_partitions(args: argparse.Namespace, out: Path) -> list[Path]:
-    """Partition the private data set's train split into one .npz per agent."""
-    data = load(args.dataset)
-    x = cast(npt.NDArray[np.uint8], data["x_train"])
-    y = cast(npt.NDArray[np.int64], data["y_train"])
-    rng = np.random.default_rng(args.seed)
-    if args.noniid == "dirichlet":
-        splits = partition_dirichlet(
-            y, args.agents, args.alpha, args.samples_per_agent, args.test_fraction, rng
-        )
-    else:
-        splits = partition_classes(
-            y, args.agents, args.classes_per_agent, args.samples_per_agent, args.test_fraction, rng
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, split in enumerate(splits):
-        path = out / f"agent-{i:02d}.npz"
-        save_client(path, x, y, split)
-        paths.append(path)
-    return paths
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 
 from pfl_edge import certs
 from pfl_edge.broker import Broker, secure_config
+from pfl_edge.data.partition import PartitionSpec, write_partitions
 from pfl_edge.netproxy import CountingProxy, SocketCounts, free_port
 from pfl_edge.transport.factory import Endpoint, parse
 
@@ -121,8 +122,6 @@ def agent_tls_arguments(folder: Path) -> list[str]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pfl_edge.cli import write_partitions
-
     if args.broker is not None and args.transport != "mqtt":
         raise ValueError("--broker needs --transport mqtt")
     if args.broker is not None and parse(args.broker).scheme != "mqtt":
@@ -150,7 +149,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.noniid,
         args.samples_per_agent,
     )
-    paths = write_partitions(args, out / "data")
+    paths = write_partitions(PartitionSpec.from_args(args), out / "data")
     agent_ids = [f"agent-{i:02d}" for i in range(len(paths))]
     security = Security(args.transport, None if args.broker else pki, not args.insecure)
     if security.pki is not None:

@@ -4,7 +4,6 @@ and real agents as `pfl-agent run` processes (`AgentProcesses`)."""
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import time
@@ -20,6 +19,7 @@ from coordinator.config import PublicSection, RunConfig, RunSection, ServerSecti
 from coordinator.service import RunningCoordinator, start
 from pfl_edge import codec, public_data
 from pfl_edge.accounting import ByteMeter
+from pfl_edge.data.partition import PartitionSpec, write_partitions
 from pfl_edge.demo import agent_command, agent_tls_arguments
 from pfl_edge.framing import Message
 from pfl_edge.transport.base import TransportClosed
@@ -186,19 +186,8 @@ def with_run(cfg: RunConfig, **run: Any) -> RunConfig:
 
 def mnist_partitions(out: Path, agents: int) -> list[Path]:
     """MNIST train data for `agents` agents under `out`: Dirichlet(0.5), 120 samples each."""
-    from pfl_edge.cli import write_partitions
-
-    args = argparse.Namespace(
-        dataset="mnist",
-        agents=agents,
-        noniid="dirichlet",
-        alpha=0.5,
-        classes_per_agent=2,
-        samples_per_agent=120,
-        test_fraction=0.25,
-        seed=0,
-    )
-    return write_partitions(args, out)
+    spec = PartitionSpec(agents, alpha=0.5, samples_per_agent=120)
+    return write_partitions(spec, out)
 
 
 class AgentProcesses:

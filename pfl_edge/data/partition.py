@@ -186,3 +186,49 @@ def load_client(path: Path) -> ClientData:
             f"{data.x_test.shape[1:]} differ in shape"
         )
     return data
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How `write_partitions` splits a data set's train split among agents (the options of
+    `pfl-edge data partition` and `pfl-edge demo`)."""
+
+    agents: int
+    dataset: str = "mnist"
+    noniid: str = "dirichlet"
+    """"dirichlet" (label mix per agent drawn from Dirichlet(alpha)) or "classes"."""
+    alpha: float = 0.3
+    classes_per_agent: int = 2
+    samples_per_agent: int = 200
+    test_fraction: float = 0.25
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: object) -> PartitionSpec:
+        """From parsed command-line options of the same names."""
+        return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__})
+
+
+def write_partitions(spec: PartitionSpec, out: Path) -> list[Path]:
+    """Partition the data set's train split into one agent-NN.npz per agent in `out`."""
+    from pfl_edge.data.fetch import load
+
+    data = load(spec.dataset)
+    x = np.asarray(data["x_train"], dtype=np.uint8)
+    y = np.asarray(data["y_train"], dtype=np.int64)
+    rng = np.random.default_rng(spec.seed)
+    if spec.noniid == "dirichlet":
+        splits = partition_dirichlet(
+            y, spec.agents, spec.alpha, spec.samples_per_agent, spec.test_fraction, rng
+        )
+    else:
+        splits = partition_classes(
+            y, spec.agents, spec.classes_per_agent, spec.samples_per_agent, spec.test_fraction, rng
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, split in enumerate(splits):
+        path = out / f"agent-{i:02d}.npz"
+        save_client(path, x, y, split)
+        paths.append(path)
+    return paths
