@@ -429,7 +429,7 @@ def test_an_agent_removed_from_the_fleet_is_locked_out_at_the_reload(
             options=cr.TransportOptions(credentials=login),
         )
         if mutual:  # its certificate is on the fleet's CRL now: the handshake fails
-            with pytest.raises(TransportClosed):
+            with pytest.raises(TransportClosed, match="refuses this client's certificate"):
                 again.connect(5.0)
         else:
             with pytest.raises(TransportClosed, match="Not authorized") as info:

@@ -394,7 +394,14 @@ class Session:
         finally:
             client.disconnect()
         if not acks:
-            raise TransportClosed(f"MQTT broker at {self.endpoint} did not answer CONNECT")
+            tls = self._credentials.tls
+            hint = (
+                ": it closed the TLS connection, as a broker does that refuses this client's "
+                "certificate (revoked, expired, or not of its CA)"
+                if tls is not None and tls.certfile is not None
+                else ""
+            )
+            raise TransportClosed(f"MQTT broker at {self.endpoint} did not answer CONNECT{hint}")
         if acks[0].is_failure:
             raise self._refusal(acks[0]) or TransportClosed(
                 f"MQTT broker at {self.endpoint} refused the connection: {acks[0]}"
