@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,14 @@ class TokenBucket:
         return True
 
 
+AGENT_RATE = 0.5
+AGENT_BURST = 5.0
+"""One agent id's registrations: a reconnecting agent needs one now and then; a member
+re-registering in a loop must not use up the run-wide rate of everyone else."""
+AGENT_BUCKETS = 10_000
+"""Ids whose bucket is kept, the least recently seen forgotten first."""
+
+
 class Admission:
     def __init__(
         self,
@@ -67,6 +76,8 @@ class Admission:
         self.registry: fleet.Registry | None = None
         self._bucket = TokenBucket(register_rate, max(1.0, register_rate * BURST_SECONDS), clock)
         self._rate = register_rate
+        self._clock = clock
+        self._agents: OrderedDict[str, TokenBucket] = OrderedDict()
         if fleet_path is not None and not self.reload():
             raise ValueError(f"fleet registry {fleet_path} not found")
 
@@ -81,11 +92,25 @@ class Admission:
         if reason is not None:
             raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED, reason)
         check_profile(reg)
+        if not self._agent_bucket(agent_id).take():
+            raise errors.too_large(
+                f"agent {agent_id!r} registers too often (more than {AGENT_RATE:g} per second "
+                "on average): retry in a few seconds"
+            )
         if not self._bucket.take():
             raise errors.too_large(
                 f"too many registrations (more than {self._rate:g} per second): retry in a "
                 "few seconds"
             )
+
+    def _agent_bucket(self, agent_id: str) -> TokenBucket:
+        bucket = self._agents.pop(agent_id, None) or TokenBucket(
+            AGENT_RATE, AGENT_BURST, self._clock
+        )
+        self._agents[agent_id] = bucket
+        if len(self._agents) > AGENT_BUCKETS:
+            self._agents.popitem(last=False)
+        return bucket
 
     def refusal(self, agent_id: str, cert_sha256: str | None) -> str | None:
         """Why the registry does not admit this agent now (None: it does, or no registry)."""

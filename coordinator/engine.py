@@ -197,6 +197,7 @@ class Engine:
             if reason is None:
                 continue
             log.warning("agent %s removed from the fleet: %s; closing its link", agent_id, reason)
+            rec.connected, rec.disconnected_at = False, time.time()
             transport = self.transports.get(rec.transport)
             if transport is not None:
                 transport.disconnect(
@@ -218,6 +219,8 @@ class Engine:
             return
         _, transport, peer, msg, identity, fut = event
         env = msg.envelope
+        if not fut.set_running_or_notify_cancel():
+            return  # the sender's stream ended before its turn: nothing to answer or change
         try:
             fut.set_result(self._dispatch(transport, peer, msg, identity))
         except Rejection as r:
@@ -299,6 +302,9 @@ class Engine:
             raise Rejection(
                 pb.ERROR_CODE_NOT_FOUND, f"unknown agent {env.agent_id!r}: send Register first"
             )
+        removed = self.admission.refusal(env.agent_id, rec.cert_sha256)
+        if removed is not None:
+            raise Rejection(pb.ERROR_CODE_PERMISSION_DENIED, f"removed from the fleet: {removed}")
         return rec
 
     def _register(

@@ -29,7 +29,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pfl_edge import fleet
+from pfl_edge.files import write_atomic
 from pfl_edge.transport.mqtt_common import COORDINATOR_USERNAME, check_id
 
 CA_NAME = "pfl-edge fleet CA"
@@ -87,11 +87,13 @@ def init_fleet(
         .sign(ca_key, hashes.SHA256())
     )
     _write_key(folder / "ca.key", ca_key)
-    _write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    write_atomic(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     _issue(folder, "coordinator", COORDINATOR_USERNAME, names, usages, days)
     _issue(folder, "broker", "broker", names, [ExtendedKeyUsageOID.SERVER_AUTH], days)
-    _write(folder / "coordinator.mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True)
+    write_atomic(
+        folder / "coordinator.mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True
+    )
     fleet.save(folder / "fleet.toml", fleet.Registry())
     _revoke(folder, [])
     _write_broker_files(folder)
@@ -111,8 +113,8 @@ def add_agent(folder: Path, agent_id: str, *, days: int = 825) -> Path:
         _revoke(folder, [out / "agent.crt"])
     out.mkdir(parents=True, exist_ok=True)
     cert = _issue(out, "agent", agent_id, [], [ExtendedKeyUsageOID.CLIENT_AUTH], days, ca=folder)
-    _write(out / "ca.crt", (folder / "ca.crt").read_bytes())
-    _write(out / "mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True)
+    write_atomic(out / "ca.crt", (folder / "ca.crt").read_bytes())
+    write_atomic(out / "mqtt-password", f"{secrets.token_urlsafe(24)}\n", secret=True)
     member = fleet.Member(agent_id, fleet.cert_sha256(cert), _now().strftime("%Y-%m-%dT%H:%M:%SZ"))
     registry = fleet.load(folder / "fleet.toml").with_member(member)
     fleet.save(folder / "fleet.toml", registry)
@@ -163,7 +165,7 @@ def _revoke(folder: Path, certificates: list[Path]) -> None:
     for entry in revoked:
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA256())
-    _write(crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    write_atomic(crl_path, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _ca(folder: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -198,8 +200,8 @@ def _write_broker_files(folder: Path) -> None:
             "topic read pfl/+/peers/#",
         ]
     (folder / "mosquitto").mkdir(exist_ok=True)
-    _write(folder / "mosquitto" / "passwd", passwd, secret=True)
-    _write(folder / "mosquitto" / "acl", "\n".join(acl) + "\n")
+    write_atomic(folder / "mosquitto" / "passwd", passwd, secret=True)
+    write_atomic(folder / "mosquitto" / "acl", "\n".join(acl) + "\n")
 
 
 def _issue(
@@ -237,7 +239,7 @@ def _issue(
         )
     pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
     _write_key(folder / f"{stem}.key", key)
-    _write(folder / f"{stem}.crt", pem)
+    write_atomic(folder / f"{stem}.crt", pem)
     return pem
 
 
@@ -291,21 +293,4 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(path, pem, secret=True)
-
-
-def _write(path: Path, data: bytes | str, *, secret: bool = False) -> None:
-    """Write atomically; `secret` files are 0600 from the start (never readable by others,
-    even for a moment). The temporary file is a new one (mkstemp: 0600, O_EXCL), so a
-    stale or planted file of the same name cannot lend the key its mode or owner."""
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if not secret:
-                os.fchmod(f.fileno(), 0o644)
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, pem, secret=True)

@@ -14,7 +14,6 @@ signed it. Standard library only, so the coordinator needs no crypto package for
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import ssl
 import tomllib
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from pfl_edge.files import write_atomic
 from pfl_edge.transport.mqtt_common import check_id
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -118,9 +118,7 @@ def save(path: Path, registry: Registry) -> None:
             f"\n[agents.{_toml_string(agent_id)}]\ncert_sha256 = {_toml_string(m.cert_sha256)}\n"
             f"added = {_toml_string(m.added)}\n"
         )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(lines))
 
 
 def _toml_string(text: str) -> str:

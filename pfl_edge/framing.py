@@ -58,6 +58,7 @@ REMEMBERED_IDS = 1024
 """Completed message ids a Reassembler remembers to drop repeats of."""
 
 _LEN = 2  # protobuf wire type of length-delimited fields
+_FIXED64 = 1  # protobuf wire type of fixed64 fields (Chunk.xxh3_64)
 
 
 @dataclass
@@ -298,10 +299,20 @@ class Reassembler:
     budget: InFlight | None = None
     """Shared with the receiver's other senders; None: this sender's own limit only."""
     _open: dict[int, _Transfer] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by `feed` and `close`: a feed running in a worker thread while the link ends
+    finishes before the transfers are given back, and none starts afterwards."""
+    _closed: bool = False
     _done: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
 
     def feed(self, raw: bytes, wire_bytes: int) -> Received | None:
         """Add one serialized frame; returns the message once complete. Raises `Rejection`."""
+        with self._lock:
+            if self._closed:
+                raise errors.invalid("frame for a closed link")
+            return self._feed(raw, wire_bytes)
+
+    def _feed(self, raw: bytes, wire_bytes: int) -> Received | None:
         chunk = _parse_chunk_frame(raw)
         if chunk is not None:
             return self._feed_chunk(chunk, wire_bytes)
@@ -451,17 +462,25 @@ class Reassembler:
     def expire(self, older_than_s: float) -> list[int]:
         """Drop the transfers open longer than `older_than_s` (their buffers go back);
         returns their ids."""
-        now = self.clock()
-        late = [i for i, t in self._open.items() if now - t.started > older_than_s]
-        for transfer_id in late:
-            self._drop(transfer_id)
-        return late
+        with self._lock:
+            now = self.clock()
+            late = [i for i, t in self._open.items() if now - t.started > older_than_s]
+            for transfer_id in late:
+                self._drop(transfer_id)
+            return late
 
     def reset(self) -> None:
-        """Drop partial transfers (after a reconnect the sender starts over, or when its
-        link is gone); completed ids stay remembered."""
+        """Drop partial transfers (after a reconnect the sender starts over); completed
+        ids stay remembered. Call it where no `feed` runs at the same time."""
         for transfer_id in list(self._open):
             self._drop(transfer_id)
+
+    def close(self) -> None:
+        """The link is gone: wait for a feed under way, give every open transfer's bytes
+        back to the budget, and refuse later frames."""
+        with self._lock:
+            self._closed = True
+            self.reset()
 
 
 def parse_frame(raw: bytes) -> pb.Frame:
@@ -520,11 +539,13 @@ def _parse_chunk_frame(raw: bytes) -> _ChunkView | None:
                 if pos + n > len(buf):
                     return None
                 fields[number], pos = buf[pos : pos + n], pos + n
+            elif wire_type == _FIXED64 and pos + 8 <= len(buf):
+                fields[number], pos = int.from_bytes(buf[pos : pos + 8], "little"), pos + 8
             else:
                 return None
     except ValueError:
         return None
-    ints = [fields.get(i, 0) for i in (1, 2, 3, 6)]
+    ints = [fields.get(i, 0) for i in (1, 2, 3, 7)]
     data = fields.get(5, b"")
     if not all(isinstance(v, int) for v in ints) or isinstance(data, int):
         return None

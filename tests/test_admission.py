@@ -48,13 +48,26 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
 def test_registrations_above_the_rate_are_refused_as_busy() -> None:
     now = [0.0]
     admission = Admission(None, register_rate=1.0, clock=lambda: now[0])
-    for _ in range(10):  # bursts of 10 s worth
-        admission.check("a", register(), None)
+    for i in range(10):  # bursts of 10 s worth
+        admission.check(f"a{i}", register(), None)
     with pytest.raises(Rejection, match="too many registrations") as e:
-        admission.check("a", register(), None)
+        admission.check("b", register(), None)
     assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
     now[0] = 1.0
-    admission.check("a", register(), None)
+    admission.check("b", register(), None)
+
+
+def test_one_agent_re_registering_in_a_loop_leaves_the_rate_to_others() -> None:
+    now = [0.0]
+    admission = Admission(None, register_rate=10.0, clock=lambda: now[0])
+    for _ in range(5):
+        admission.check("loop", register(), None)
+    with pytest.raises(Rejection, match="'loop' registers too often") as e:
+        admission.check("loop", register(), None)
+    assert e.value.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+    admission.check("honest", register(), None)  # the run-wide bucket still has room
+    now[0] = 2.0
+    admission.check("loop", register(), None)
 
 
 def test_certificate_of_one_agent_cannot_register_as_another() -> None:

@@ -21,6 +21,7 @@ from pfl_edge.framing import (
     Message,
     Reassembler,
     Received,
+    _parse_chunk_frame,
     blob_views,
 )
 from pfl_edge.transport.base import Identity, TransportClosed
@@ -252,6 +253,15 @@ def test_chunk_frames_read_in_place_match_protobuf() -> None:
     parsed = pb.Frame.FromString(frames[1]).chunk
     assert parsed.blob == 1 and parsed.index == 0
     assert parsed.xxh3_64 == xxhash.xxh3_64_intdigest(parsed.data)
+    view = _parse_chunk_frame(frames[1])
+    assert view is not None, "the in-place reader fell back to protobuf"
+    assert (view.transfer_id, view.blob, view.index, view.xxh3_64) == (
+        parsed.transfer_id,
+        parsed.blob,
+        parsed.index,
+        parsed.xxh3_64,
+    )
+    assert isinstance(view.data, memoryview) and bytes(view.data) == parsed.data
     assert r.feed(frames[1], 1) is None  # accepted by the in-place reader
 
 

@@ -471,16 +471,17 @@ def test_profile_beyond_bounds(start: Callable[..., Run]) -> None:
     assert_serves(run, a, "a")
 
 
-def test_registered_agent_cannot_store_a_900_kb_profile(start: Callable[..., Run]) -> None:
-    """A registered stream may send frames up to a chunk, but its Register still has
-    bounded fields: its row keeps the profile it joined with."""
+def test_registered_stream_cannot_register_again(start: Callable[..., Run]) -> None:
+    """A registered stream may send frames up to a chunk, but not a second Register (a
+    900 KB profile here; in a loop it would also reset what the stream is granted): its
+    row keeps the profile it joined with."""
     run = start()
     a, _, _, _ = run.open_round()
     c = run.join(ATTACKER)
     before = state(run.coord)
     device = messages().DeviceProfile(hostname="h" * 900_000)
     c.send(register(ATTACKER, seq=c.next_seq(), device=device))
-    assert_refused(c, Status.INVALID_ARGUMENT, "hostname")
+    assert_refused(c, Status.FAILED_PRECONDITION, "registered already")
     assert_unchanged(before, run.coord)
     assert run.coord.store.agents()[ATTACKER][0]["hostname"] == "c-board"
     assert_serves(run, a, "a")
@@ -617,25 +618,20 @@ def _in_flight(run: Run) -> int:
 
 
 def test_half_finished_transfer_expires_and_is_freed(start: Callable[..., Run]) -> None:
-    """16 MiB of a 48 MiB transfer, then nothing: closed at transfer_timeout_s, and the
-    memory it filled is given back. (Chunks of 32 KiB: small frames leave little of
-    gRPC's own memory behind, so the process's resident size shows the buffer.)"""
+    """16 MiB of a 48 MiB transfer, then nothing: closed at transfer_timeout_s, and what
+    it held is given back to the coordinator's in-flight budget (read from the server, not
+    from the process's resident size, which other tests' allocations move)."""
     run = start(transfer_timeout_s=2.0)
     a, _, _, _ = run.open_round()
     c = run.join(ATTACKER)
     before = state(run.coord)
     chunk_bytes, filled = 32 << 10, 16 * MiB
     payload = data(chunk_bytes)
-    rss_before = peak = rss_bytes()
     c.send(head(1, [3 * filled], chunk_bytes, metrics_envelope(ATTACKER, c.next_seq())))
     c.send_all(chunk(1, 1, i, payload) for i in range(filled // chunk_bytes))
-    deadline = time.monotonic() + 10.0
-    while not c.ended and time.monotonic() < deadline:
-        peak = max(peak, rss_bytes())
-        time.sleep(0.01)
+    wait_for(lambda: _in_flight(run) == 3 * filled, "the transfer to be open")
     assert_refused(c, Status.DEADLINE_EXCEEDED, "not completed within")
     c.close()
-    assert peak - rss_before > 12 * MiB, "the transfer's buffer was filled (what is measured)"
-    wait_for(lambda: rss_bytes() - rss_before < 8 * MiB, "the transfer's buffer to be freed", 5.0)
+    wait_for(lambda: _in_flight(run) == 0, "the transfer's bytes to be given back", 5.0)
     assert_unchanged(before, run.coord)
     assert_serves(run, a, "a")

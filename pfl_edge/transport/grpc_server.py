@@ -54,13 +54,16 @@ from pfl_edge.v1 import messages_pb2 as pb
 log = logging.getLogger(__name__)
 _refusals = Throttled(log)
 
+ABORT_WAIT_S = 5.0
+"""How long a refused stream's status may wait behind data its client does not read."""
+
 OFFLOAD_FRAME_BYTES = 64 << 10
 """Frames at least this large are verified and copied off the event loop."""
 
 
 @dataclass(frozen=True)
 class _Close:
-    """Queue item: end this stream with a status, after what was queued before it."""
+    """Why a stream is ended: a status the agent reads."""
 
     code: int
     reason: str
@@ -90,7 +93,7 @@ class GrpcServerTransport(ServerTransport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
-        self._streams: dict[str, asyncio.Queue[Any]] = {}
+        self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._inbound: Inbound | None = None
         self._port = 0
@@ -169,11 +172,11 @@ class GrpcServerTransport(ServerTransport):
 
     def send(self, agent_id: str, msg: Message) -> bool:
         with self._lock:
-            queue = self._streams.get(agent_id)
+            stream = self._streams.get(agent_id)
         loop = self._loop
-        if queue is None or loop is None:
+        if stream is None or loop is None:
             return False
-        loop.call_soon_threadsafe(queue.put_nowait, self._encode(msg))
+        loop.call_soon_threadsafe(stream.queue.put_nowait, self._encode(msg))
         return True
 
     def _encode(self, msg: Message) -> list[bytes]:
@@ -183,10 +186,10 @@ class GrpcServerTransport(ServerTransport):
 
     def disconnect(self, agent_id: str, code: int, reason: str) -> None:
         with self._lock:
-            queue = self._streams.get(agent_id)
+            stream = self._streams.get(agent_id)
         loop = self._loop
-        if queue is not None and loop is not None:
-            loop.call_soon_threadsafe(queue.put_nowait, _Close(code, reason))
+        if stream is not None and loop is not None:
+            loop.call_soon_threadsafe(stream.close, _Close(code, reason))
 
     def stop(self, grace_s: float = 1.0) -> None:
         loop, server = self._loop, self._server
@@ -201,30 +204,37 @@ class GrpcServerTransport(ServerTransport):
             self._feeder.shutdown(wait=False, cancel_futures=True)
 
     async def _connect(self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        closing: asyncio.Future[_Close] = asyncio.get_running_loop().create_future()
-        writer = asyncio.create_task(self._write(queue, context, closing))
+        stream = _Stream(asyncio.Queue(), asyncio.get_running_loop().create_future())
+        writer = asyncio.create_task(self._write(stream.queue, context))
         link = _Link(context.peer(), time.monotonic(), self._identity(context))
         reason = "stream ended"
+        refused: Rejection | None = None
         try:
-            await self._read(queue, context, link, closing)
+            await self._read(stream, context, link)
         except asyncio.CancelledError:
             reason = "stream cancelled"
             raise
         except Rejection as r:
-            reason = f"refused: {r}"
+            reason, refused = f"refused: {r}", r
             _refusals.warning("refused message from %s: %s", link.agent_id or link.address, r)
-            await context.abort(gc.to_status(r.code), r.reason)
         finally:
             writer.cancel()
-            agent_id = link.agent_id
             with self._lock:
-                mine = agent_id is not None and self._streams.get(agent_id) is queue
+                link.closed = True  # a Register accepted from now on binds nothing
+                agent_id = link.agent_id
+                mine = agent_id is not None and self._streams.get(agent_id) is stream
                 if mine and agent_id is not None:
                     del self._streams[agent_id]
             if mine and agent_id is not None:
                 assert self._inbound is not None
                 self._inbound.on_disconnect(agent_id, reason)
+        if refused is not None:
+            # After letting go of the stream: the status trails what the client has not
+            # read yet, and a client that stopped reading would hold it (and us) forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    context.abort(gc.to_status(refused.code), refused.reason), ABORT_WAIT_S
+                )
 
     def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> Identity | None:
         """The client certificate's agent id and fingerprint (mutual TLS), else None."""
@@ -233,16 +243,12 @@ class GrpcServerTransport(ServerTransport):
         auth = context.auth_context()
         names = list(auth.get("x509_common_name", ()))
         pems = list(auth.get("x509_pem_cert", ()))
-        if not names or not pems:  # the handshake requires a certificate: not expected
-            return None
+        if not names or not pems:  # fail closed: a certificate without a name is no one
+            return Identity("", "")
         return Identity(names[0].decode(errors="replace"), cert_sha256(pems[0]))
 
     async def _read(
-        self,
-        queue: asyncio.Queue[Any],
-        context: grpc.aio.ServicerContext[Any, Any],
-        link: _Link,
-        closing: asyncio.Future[_Close],
+        self, stream: _Stream, context: grpc.aio.ServicerContext[Any, Any], link: _Link
     ) -> None:
         """Read frames until the agent closes; `link.agent_id` is set once registered.
 
@@ -258,9 +264,9 @@ class GrpcServerTransport(ServerTransport):
                 reading = asyncio.ensure_future(context.read())
                 if pending is not None:
                     fed, pending = pending, None
-                    await self._deliver(await fed, queue, link)
+                    await self._deliver(await fed, stream, link)
                     del fed  # its message: the blobs' buffers are reused once all let go
-                raw = await self._next(reading, closing, link, reassembler)
+                raw = await self._next(reading, stream.closing, link, reassembler)
                 reading = None
                 if raw is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
@@ -270,14 +276,14 @@ class GrpcServerTransport(ServerTransport):
                 if len(raw) >= OFFLOAD_FRAME_BYTES:
                     pending = loop.run_in_executor(self._feeder, reassembler.feed, raw, wire)
                 else:
-                    await self._deliver(reassembler.feed(raw, wire), queue, link)
+                    await self._deliver(reassembler.feed(raw, wire), stream, link)
         finally:  # when the stream ends early, nobody wants what is in flight
-            if reading is not None:
-                reading.cancel()
-            if pending is not None:  # a feed in a worker thread: let it leave the reassembler
-                with contextlib.suppress(BaseException):
-                    await pending
-            reassembler.reset()  # its transfers' bytes go back to the shared budget
+            for fut in (reading, pending):
+                if fut is not None:
+                    fut.cancel()
+            # Waits for a feed still running in a worker thread, then gives every open
+            # transfer's bytes back to the shared budget.
+            reassembler.close()
 
     async def _next(
         self,
@@ -318,9 +324,7 @@ class GrpcServerTransport(ServerTransport):
                     "dropped",
                 )
 
-    async def _deliver(
-        self, received: Received | None, queue: asyncio.Queue[Any], link: _Link
-    ) -> None:
+    async def _deliver(self, received: Received | None, stream: _Stream, link: _Link) -> None:
         """Hand a complete message (if `received` is one) to the coordinator, and wait for
         its decision."""
         if received is None:
@@ -329,65 +333,85 @@ class GrpcServerTransport(ServerTransport):
         record(self._meter, "up", received)
         env = received.envelope
         peer = link.agent_id
+        if peer is not None and env.HasField("register"):
+            raise Rejection(
+                pb.ERROR_CODE_FAILED_PRECONDITION,
+                "this connection has registered already: a new registration needs a new one",
+            )
         fut = self._inbound.on_message(peer, received.message, link.identity)
         registering = env.agent_id if peer is None and env.HasField("register") else None
         # Runs in the coordinator's thread as it decides, so the replies are queued
         # before anything it sends this agent afterwards.
         fut.add_done_callback(
-            functools.partial(self._accepted, queue=queue, link=link, registering=registering)
+            functools.partial(self._accepted, stream=stream, link=link, registering=registering)
         )
         await asyncio.wrap_future(fut)
 
     def _accepted(
         self,
         fut: Future[list[Message]],
-        queue: asyncio.Queue[Any],
+        stream: _Stream,
         link: _Link,
         registering: str | None,
     ) -> None:
-        if fut.exception() is not None:
+        if fut.cancelled() or fut.exception() is not None:
             return
         loop = self._loop
         assert loop is not None
         if registering is not None:
             with self._lock:
-                previous = self._streams.get(registering)
-                self._streams[registering] = queue
-            if previous is not None and previous is not queue:
+                gone = link.closed
+                previous = None if gone else self._streams.get(registering)
+                if not gone:
+                    self._streams[registering] = stream
+                    link.agent_id = registering
+            if gone:  # the stream ended while its Register was decided: nothing to bind
+                assert self._inbound is not None
+                self._inbound.on_disconnect(registering, "stream ended while registering")
+                return
+            if previous is not None and previous is not stream:
                 close = _Close(
                     pb.ERROR_CODE_ABORTED,
                     f"replaced by a newer connection of agent {registering} (from "
                     f"{link.address}): another process uses this agent id",
                 )
-                loop.call_soon_threadsafe(previous.put_nowait, close)
-            link.agent_id = registering
+                loop.call_soon_threadsafe(previous.close, close)
         for msg in fut.result():
-            loop.call_soon_threadsafe(queue.put_nowait, self._encode(msg))
+            loop.call_soon_threadsafe(stream.queue.put_nowait, self._encode(msg))
 
     @staticmethod
     async def _write(
-        queue: asyncio.Queue[Any],
-        context: grpc.aio.ServicerContext[Any, Any],
-        closing: asyncio.Future[_Close],
+        queue: asyncio.Queue[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         while True:
-            item = await queue.get()
-            if isinstance(item, _Close):
-                closing.set_result(item)
-                return
-            for raw in item:
+            for raw in await queue.get():
                 await context.write(raw)
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """What the server holds of one stream: what it sends, and the status that ends it
+    (set from any thread via the loop; the reader ends the stream with it at once, even
+    while the writer waits for a client that stopped reading)."""
+
+    queue: asyncio.Queue[Any]
+    closing: asyncio.Future[_Close]
+
+    def close(self, close: _Close) -> None:
+        if not self.closing.done():
+            self.closing.set_result(close)
 
 
 @dataclass
 class _Link:
-    """One stream: where from, since when, what its handshake proved, and (once the
-    coordinator accepted its Register) the agent id it is bound to."""
+    """One stream: where from, since when, what its handshake proved, (once the
+    coordinator accepted its Register) the agent id it is bound to, and whether it ended."""
 
     address: str
     opened: float
     identity: Identity | None
     agent_id: str | None = None
+    closed: bool = False
 
 
 def _check_before_registration(raw: bytes) -> None:
