@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -634,4 +635,35 @@ def test_half_finished_transfer_expires_and_is_freed(start: Callable[..., Run]) 
     c.close()
     wait_for(lambda: _in_flight(run) == 0, "the transfer's bytes to be given back", 5.0)
     assert_unchanged(before, run.coord)
+    assert_serves(run, a, "a")
+
+
+def test_a_stream_cancelled_while_its_message_waits_leaves_the_engine_running(
+    start: Callable[..., Run],
+) -> None:
+    """The engine is busy (a's registration held for a moment at the store, as a long
+    aggregation would); c's message waits in its queue and c cancels the stream. Answering
+    the cancelled message used to raise in the engine thread and end the coordinator."""
+    run = start()
+    engine = run.coord.engine
+    release = threading.Event()
+    save_agent = engine.store.save_agent
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        release.wait(10.0)
+        save_agent(*args, **kwargs)
+
+    engine.store.save_agent = held  # type: ignore[method-assign]
+    a = run.client("a")
+    a.send(register("a", seq=a.next_seq()))
+    wait_for(lambda: engine._events.empty(), "the engine to take a's registration")
+    c = run.client(ATTACKER)
+    c.send(envelope(ATTACKER, seq=c.next_seq(), metrics=messages().Metrics()))
+    wait_for(lambda: not engine._events.empty(), "c's message to wait in the engine's queue")
+    c.close()  # cancels the stream, and with it the future of its waiting message
+    release.set()
+    run.public_sha = a.expect("run_config").run_config.public_data.sha256
+    wait_for(lambda: engine._events.empty(), "the engine to reach c's message")
+    engine.store.save_agent = save_agent  # type: ignore[method-assign]
+    assert run.coord.running.thread.is_alive(), "the engine thread died"
     assert_serves(run, a, "a")
