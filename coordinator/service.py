@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 import time
@@ -122,6 +123,40 @@ class RunningCoordinator:
         self.store.close()
 
 
+FDS_BESIDES_CONNECTIONS = 256
+"""Descriptors the coordinator needs besides one per agent connection (SQLite, tensor
+files, the inspection endpoint, the broker link, gRPC's own)."""
+
+
+def raise_fd_limit(connections: int) -> int:
+    """Raise this process's soft limit of open files towards what `connections` agent
+    links need (never above the hard limit); warn, saying what to raise, when the hard
+    limit is too low: past it, later agents fail to connect and nothing else says why.
+    Returns the soft limit now in force."""
+    need = connections + FDS_BESIDES_CONNECTIONS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        log.info(
+            "open-file limit raised from %d to %d for up to %d agents", soft, ceiling, connections
+        )
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "server.max_connections = %d needs about %d open files, but this process may open "
+            "%d: agents beyond about %d cannot connect. Raise the limit (systemd: "
+            "LimitNOFILE=%d in the unit; a shell: ulimit -n %d) or lower max_connections",
+            connections,
+            need,
+            soft,
+            max(0, soft - FDS_BESIDES_CONNECTIONS),
+            need,
+            need,
+        )
+    return int(soft)
+
+
 def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
     """Open the state, load the public set, start the listeners and the engine thread.
 
@@ -131,6 +166,8 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
     params = resolve_params(cfg)
     mqtt_login = broker_login(cfg.server)
     tls = grpc_tls(cfg.server)
+    if cfg.server.grpc:
+        raise_fd_limit(cfg.server.max_connections)
     admit = admission(cfg.server)
     if cfg.server.grpc and tls is None and cfg.server.insecure:
         log.warning(

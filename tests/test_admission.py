@@ -4,13 +4,16 @@ keys that switch them on."""
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 from pathlib import Path
 
 import pytest
 
 from coordinator.admission import Admission, TokenBucket, check_profile
 from coordinator.config import ConfigError, RunConfig, ServerSection
+from coordinator.service import FDS_BESIDES_CONNECTIONS, raise_fd_limit
 from pfl_edge.errors import Rejection
 from pfl_edge.transport.base import Identity
 from pfl_edge.v1 import messages_pb2 as pb
@@ -150,3 +153,24 @@ def test_plaintext_grpc_off_loopback_needs_insecure() -> None:
 def test_tls_and_limit_keys_are_validated(keys: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RunConfig(server=ServerSection(**keys))  # type: ignore[arg-type]
+
+
+def test_open_file_limit_is_raised_for_the_connections_or_the_shortfall_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        with caplog.at_level(logging.INFO, logger="pfl_edge.coordinator"):
+            got = raise_fd_limit(100)
+        assert got == 100 + FDS_BESIDES_CONNECTIONS
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == got
+        assert "open-file limit raised from 256" in caplog.text
+        caplog.clear()
+        too_many = (hard if hard != resource.RLIM_INFINITY else 1 << 20) * 2
+        with caplog.at_level(logging.WARNING, logger="pfl_edge.coordinator"):
+            raise_fd_limit(too_many)
+        if hard != resource.RLIM_INFINITY:
+            assert "Raise the limit (systemd: LimitNOFILE=" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
