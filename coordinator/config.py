@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pfl_edge.constants import CHUNK_BYTES, MAX_MESSAGE_BYTES, PHASE_TIMEOUT_SECONDS
+from pfl_edge.transport.base import DEFAULT_LIMITS
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -74,15 +75,15 @@ class ServerSection:
     any agent (any certificate of the CA, with mutual TLS)."""
     insecure: bool = False
     """Allow plaintext gRPC on an address other than loopback (a trusted network only)."""
-    register_timeout_s: float = 10.0
+    register_timeout_s: float = DEFAULT_LIMITS.register_timeout_s
     """A connection that has not registered within this is closed."""
-    transfer_timeout_s: float = 300.0
+    transfer_timeout_s: float = DEFAULT_LIMITS.transfer_timeout_s
     """A large message (chunked transfer) must arrive completely within this."""
-    max_connections: int = 4096
+    max_connections: int = DEFAULT_LIMITS.max_connections
     """Concurrent gRPC streams; more are refused (RESOURCE_EXHAUSTED)."""
     register_rate: float = 50.0
     """Registrations per second (bursts of 10 s worth); more are refused until there is room."""
-    max_inflight_bytes: int = 1 << 30
+    max_inflight_bytes: int = DEFAULT_LIMITS.max_inflight_bytes
     """Bytes of chunked messages under way from all agents together; a transfer beyond it
     is refused (RESOURCE_EXHAUSTED) and the agent retries. At least max_message_bytes."""
     mqtt: str = ""

@@ -292,7 +292,7 @@ class Reassembler:
     What one sender can make it hold is bounded: open transfers whose declared sizes add
     up to at most `max_message_bytes` (one largest message in flight, not
     `MAX_OPEN_TRANSFERS` of them), each chunk repeated at most once per transfer on
-    average, and `expired` names the transfers a caller should drop for being too slow."""
+    average; `expire` drops the transfers that are too slow, `close` all of them."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     clock: Callable[[], float] = time.monotonic

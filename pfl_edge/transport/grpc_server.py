@@ -61,14 +61,6 @@ OFFLOAD_FRAME_BYTES = 64 << 10
 """Frames at least this large are verified and copied off the event loop."""
 
 
-@dataclass(frozen=True)
-class _Close:
-    """Why a stream is ended: a status the agent reads."""
-
-    code: int
-    reason: str
-
-
 class GrpcServerTransport(ServerTransport):
     name = "grpc"
 
@@ -189,7 +181,7 @@ class GrpcServerTransport(ServerTransport):
             stream = self._streams.get(agent_id)
         loop = self._loop
         if stream is not None and loop is not None:
-            loop.call_soon_threadsafe(stream.close, _Close(code, reason))
+            loop.call_soon_threadsafe(stream.close, Rejection(code, reason))
 
     def stop(self, grace_s: float = 1.0) -> None:
         loop, server = self._loop, self._server
@@ -288,7 +280,7 @@ class GrpcServerTransport(ServerTransport):
     async def _next(
         self,
         reading: asyncio.Future[Any],
-        closing: asyncio.Future[_Close],
+        closing: asyncio.Future[Rejection],
         link: _Link,
         reassembler: Reassembler,
     ) -> Any:
@@ -307,8 +299,7 @@ class GrpcServerTransport(ServerTransport):
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if closing.done():
-                close = closing.result()
-                raise Rejection(close.code, close.reason)
+                raise closing.result()
             if reading.done():
                 return reading.result()
             if link.agent_id is None:
@@ -365,12 +356,14 @@ class GrpcServerTransport(ServerTransport):
                 if not gone:
                     self._streams[registering] = stream
                     link.agent_id = registering
+                bound_elsewhere = registering in self._streams
             if gone:  # the stream ended while its Register was decided: nothing to bind
-                assert self._inbound is not None
-                self._inbound.on_disconnect(registering, "stream ended while registering")
+                if not bound_elsewhere:  # else an older stream of the agent still serves it
+                    assert self._inbound is not None
+                    self._inbound.on_disconnect(registering, "stream ended while registering")
                 return
             if previous is not None and previous is not stream:
-                close = _Close(
+                close = Rejection(
                     pb.ERROR_CODE_ABORTED,
                     f"replaced by a newer connection of agent {registering} (from "
                     f"{link.address}): another process uses this agent id",
@@ -395,9 +388,9 @@ class _Stream:
     while the writer waits for a client that stopped reading)."""
 
     queue: asyncio.Queue[Any]
-    closing: asyncio.Future[_Close]
+    closing: asyncio.Future[Rejection]
 
-    def close(self, close: _Close) -> None:
+    def close(self, close: Rejection) -> None:
         if not self.closing.done():
             self.closing.set_result(close)
 
