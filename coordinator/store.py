@@ -46,7 +46,7 @@ class RoundRow:
 
 
 class Store:
-    """One run's persistent state. Thread-safe; every write is its own transaction."""
+    """One run's persistent state. Thread-safe; every call is one transaction."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
@@ -78,12 +78,14 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'run_uid'").fetchone()
         return str(row[0])
 
-    def save_agent(self, agent_id: str, info: Mapping[str, Any], transport: str) -> None:
+    def save_agents(self, agents: Mapping[str, tuple[Mapping[str, Any], str]]) -> None:
+        """Registrations (agent id -> (info, transport)) in one transaction."""
+        now = time.time()
         with self._lock, self._db:
-            self._db.execute(
+            self._db.executemany(
                 "INSERT INTO agents VALUES (?, ?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET "
                 "info = excluded.info, transport = excluded.transport",
-                (agent_id, json.dumps(dict(info)), transport, time.time()),
+                [(a, json.dumps(dict(info)), t, now) for a, (info, t) in agents.items()],
             )
 
     def agents(self) -> dict[str, tuple[dict[str, Any], str]]:
@@ -160,10 +162,12 @@ class Store:
         keys = ("round", "agent_id", "direction", "kind", "bytes", "messages", "frames")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def save_final(self, agent_id: str, metrics: Mapping[str, Any]) -> None:
+    def save_finals(self, finals: Mapping[str, Mapping[str, Any]]) -> None:
+        """Final reports (agent id -> metrics) in one transaction."""
         with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO finals VALUES (?, ?)", (agent_id, json.dumps(dict(metrics)))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO finals VALUES (?, ?)",
+                [(a, json.dumps(dict(m))) for a, m in finals.items()],
             )
 
     def finals(self) -> dict[str, dict[str, Any]]:

@@ -62,6 +62,12 @@ def make_config(tmp: Path, **run: Any) -> RunConfig:
     )
 
 
+def stored_agents(coord: Coordinator) -> dict[str, tuple[dict[str, Any], str]]:
+    """The store's registrations once the engine has written all it took (it batches)."""
+    coord.engine.flushed().result(10.0)
+    return coord.store.agents()
+
+
 class Coordinator:
     """A started coordinator and what tests look at."""
 

@@ -17,6 +17,7 @@ from tests.harness import (
     make_config,
     running_coordinator,
     soft_predictions,
+    stored_agents,
 )
 
 PER_ROUND = 50
@@ -152,12 +153,12 @@ def test_agent_reporting_for_another_refused(coord: Coordinator) -> None:
 
 def test_registering_as_another_agent_on_a_bound_stream_refused(coord: Coordinator) -> None:
     a, _, _, _ = start_round(coord)
-    rows = coord.store.agents()
+    rows = stored_agents(coord)
     a.send(register=pb.Register(), agent_id="b")
     err = a.refusal()
     assert err.code == pb.ERROR_CODE_FAILED_PRECONDITION  # one registration per stream
     assert "registered already" in err.reason
-    assert coord.store.agents() == rows
+    assert stored_agents(coord) == rows
 
 
 def test_duplicate_upload_refused(coord: Coordinator) -> None:

@@ -83,7 +83,7 @@ def test_replaced_agent_process_says_so_and_exits(
         assert exited_within(procs, "first", NOTICE_S) == 2
         assert "replaced by a newer connection of agent a" in procs.log("first")
         assert procs.procs["second"].poll() is None, "the newer process stays"
-        assert coord.engine.agents["a"].connected
+        assert coord.engine.is_connected("a")
 
 
 def test_removed_agent_is_cut_off_and_cannot_come_back(
@@ -92,8 +92,8 @@ def test_removed_agent_is_cut_off_and_cannot_come_back(
     with AgentProcesses(tmp_path, wait_s=60) as procs:
         spawn(procs, coord, fleet, "b", "b")
         procs.wait_until(
-            lambda: "b" in coord.engine.agents and coord.engine.agents["b"].connected,
-            "b to register",
+            lambda: coord.engine.is_connected("b") and "b" in coord.store.agents(),
+            "b to register (and its registration to be written)",
         )
         rows_before = coord.store.agents()
         certs.remove_agent(fleet, "b")
@@ -126,7 +126,7 @@ def test_agent_refused_as_busy_backs_off_and_gets_in(
         outcome: dict[str, Any] = {}
         start(agent, outcome)
         wait_until(
-            lambda: "b" in coord.engine.agents and coord.engine.agents["b"].connected,
+            lambda: "b" in coord.engine.agents and coord.engine.is_connected("b"),
             "b to get in",
         )
         for s in scripted:
@@ -158,7 +158,7 @@ def test_agent_notices_a_silently_dead_link_and_redials(
                 "1",
             )
             procs.wait_until(
-                lambda: "a" in coord.engine.agents and coord.engine.agents["a"].connected,
+                lambda: "a" in coord.engine.agents and coord.engine.is_connected("a"),
                 "a to register",
             )
             proxy.blackhole()  # no FIN, no RST: the path just stops carrying bytes

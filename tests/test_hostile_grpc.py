@@ -22,7 +22,13 @@ import numpy as np
 import pytest
 
 from pfl_edge import certs
-from tests.harness import Coordinator, make_config, running_coordinator, with_mutual_tls
+from tests.harness import (
+    Coordinator,
+    make_config,
+    running_coordinator,
+    stored_agents,
+    with_mutual_tls,
+)
 from tests.rawproto import (
     ClientTls,
     RawClient,
@@ -144,7 +150,7 @@ def state(coord: Coordinator) -> dict[str, Any]:
     engine = coord.engine
     phase = engine.phase
     return {
-        "agents": coord.store.agents(),
+        "agents": stored_agents(coord),
         "rounds": [(r.round, r.metrics, r.state_file) for r in coord.store.rounds()],
         "completed_rounds": engine.completed_rounds,
         "phase": None
@@ -173,7 +179,7 @@ def assert_unchanged(before: dict[str, Any], coord: Coordinator) -> None:
 def assert_serves(run: Run, client: RawClient, agent_id: str) -> None:
     """`client`'s stream is still `agent_id`'s at the coordinator: it answers a request."""
     assert not client.ended, client.status(0)
-    assert run.coord.engine.agents[agent_id].connected
+    assert run.coord.engine.is_connected(agent_id)
     m = messages()
     request = m.PublicDataRequest(sha256=run.public_sha)
     client.send(envelope(agent_id, seq=client.next_seq(), public_data_request=request))
@@ -243,7 +249,7 @@ def test_certificate_of_a_cannot_register_as_b(start: Callable[..., Run]) -> Non
         impostor, Status.PERMISSION_DENIED, "certificate of agent 'a' may not register as 'b'"
     )
     assert_unchanged(before, run.coord)
-    assert run.coord.store.agents()["b"][0]["hostname"] == "b-board"
+    assert stored_agents(run.coord)["b"][0]["hostname"] == "b-board"
     assert_serves(run, a, "a")
     assert_serves(run, b, "b")
 
@@ -265,7 +271,7 @@ def test_forged_register_for_a_connected_agent_leaves_its_stream(
     b = run.join("b")
     assert a.expect("task").task.action
     assert b.expect("task").task.action
-    assert run.coord.store.agents()["a"][0]["hostname"] == "a-board"
+    assert stored_agents(run.coord)["a"][0]["hostname"] == "a-board"
     assert forger.recv(0) is None
 
 
@@ -307,7 +313,7 @@ def test_removed_agent_is_cut_off_and_refused(start: Callable[..., Run]) -> None
     again.send(register(ATTACKER, seq=1))
     assert_refused(again, Status.PERMISSION_DENIED, "not in the fleet registry")
     assert_unchanged(before, run.coord)
-    assert not run.coord.engine.agents[ATTACKER].connected
+    assert not run.coord.engine.is_connected(ATTACKER)
     assert_serves(run, a, "a")
     assert_serves(run, b, "b")
 
@@ -484,7 +490,7 @@ def test_registered_stream_cannot_register_again(start: Callable[..., Run]) -> N
     c.send(register(ATTACKER, seq=c.next_seq(), device=device))
     assert_refused(c, Status.FAILED_PRECONDITION, "registered already")
     assert_unchanged(before, run.coord)
-    assert run.coord.store.agents()[ATTACKER][0]["hostname"] == "c-board"
+    assert stored_agents(run.coord)[ATTACKER][0]["hostname"] == "c-board"
     assert_serves(run, a, "a")
 
 
@@ -641,19 +647,20 @@ def test_half_finished_transfer_expires_and_is_freed(start: Callable[..., Run]) 
 def test_a_stream_cancelled_while_its_message_waits_leaves_the_engine_running(
     start: Callable[..., Run],
 ) -> None:
-    """The engine is busy (a's registration held for a moment at the store, as a long
-    aggregation would); c's message waits in its queue and c cancels the stream. Answering
-    the cancelled message used to raise in the engine thread and end the coordinator."""
+    """The engine is busy (a's registration held for a moment at its admission check, as
+    a long aggregation would); c's message waits in its queue and c cancels the stream.
+    Answering the cancelled message used to raise in the engine thread and end the
+    coordinator."""
     run = start()
     engine = run.coord.engine
     release = threading.Event()
-    save_agent = engine.store.save_agent
+    check = engine.admission.check
 
     def held(*args: Any, **kwargs: Any) -> None:
         release.wait(10.0)
-        save_agent(*args, **kwargs)
+        check(*args, **kwargs)
 
-    engine.store.save_agent = held  # type: ignore[method-assign]
+    engine.admission.check = held  # type: ignore[method-assign]
     a = run.client("a")
     a.send(register("a", seq=a.next_seq()))
     wait_for(lambda: engine._events.empty(), "the engine to take a's registration")
@@ -664,6 +671,6 @@ def test_a_stream_cancelled_while_its_message_waits_leaves_the_engine_running(
     release.set()
     run.public_sha = a.expect("run_config").run_config.public_data.sha256
     wait_for(lambda: engine._events.empty(), "the engine to reach c's message")
-    engine.store.save_agent = save_agent  # type: ignore[method-assign]
+    engine.admission.check = check  # type: ignore[method-assign]
     assert run.coord.running.thread.is_alive(), "the engine thread died"
     assert_serves(run, a, "a")

@@ -4,29 +4,33 @@ A round is a sequence of phases. In each phase the strategy gives every particip
 agent an `Instruction` (an action name, named tensors, scalar params); the agents'
 learners answer with a `Reply`; when the phase closes (all answered, or the deadline
 passed with a quorum) the strategy gets the replies and returns the next phase's
-instructions, or None when the round is over. The strategy never sees a transport.
+instructions, or None when the round is over. The strategy never sees a transport; the
+vocabulary (AgentInfo, Instruction, Reply, Gather) is the round core's
+(pfl_edge.core.messages), re-exported here for strategies.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from pfl_edge.codec import WireFormat
+from pfl_edge.core.messages import AgentInfo, Gather, Instruction, Reply
 from pfl_edge.values import Scalar
 
-
-@dataclass(frozen=True)
-class AgentInfo:
-    agent_id: str
-    architecture: str
-    parameter_count: int
-    num_train_samples: int
-    num_classes: int
+__all__ = [
+    "AgentInfo",
+    "Gather",
+    "Inspection",
+    "Instruction",
+    "Reply",
+    "RunContext",
+    "Strategy",
+    "expect_tensor",
+]
 
 
 @dataclass(frozen=True)
@@ -38,39 +42,6 @@ class RunContext:
     public_count: int
     """Public samples selected per round (rows of a soft-prediction upload)."""
     seed: int
-
-
-@dataclass(frozen=True)
-class Gather:
-    """Task tensor `name` = the concatenation (first axis), in this order, of tensor
-    `source` of `agents`' replies to the previous phase, whose instructions shared it."""
-
-    name: str
-    source: str
-    agents: tuple[str, ...]
-
-
-@dataclass
-class Instruction:
-    action: str
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    params: dict[str, Scalar] = field(default_factory=dict)
-    wire: WireFormat | None = None
-    """Encoding for float tensors; None keeps float32."""
-    share: str | None = None
-    """Name of a reply tensor the next phase gathers. Where the agents reach each other
-    (all on MQTT) they exchange it directly and the reply reaching `validate` and
-    `end_phase` lacks it (the gathering agents check it); otherwise the coordinator keeps
-    it as a mailbox and the reply must hold it."""
-    gather: Gather | None = None
-    """A tensor assembled from other agents' shared tensors (by them or by the coordinator)."""
-
-
-@dataclass
-class Reply:
-    action: str
-    tensors: dict[str, np.ndarray]
-    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
