@@ -132,7 +132,6 @@ class RunConfig:
             f"between 1 and public.samples ({p.samples})",
         )
         _check(p.num_classes >= 2, "public.num_classes", p.num_classes, "at least 2")
-        _check(bool(s.grpc or s.mqtt), "server", "no listener", "set server.grpc or server.mqtt")
         _check(
             not s.mqtt or s.mqtt.startswith("mqtt://"),
             "server.mqtt",
@@ -239,12 +238,20 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     algorithm = data.get("algorithm", {})
     if not isinstance(algorithm, dict):
         raise ConfigError("[algorithm] must be a table")
-    return RunConfig(
+    cfg = RunConfig(
         run=_section(RunSection, data.get("run", {}), "run"),
         public=_section(PublicSection, data.get("public", {}), "public"),
         server=_section(ServerSection, data.get("server", {}), "server"),
         algorithm=dict(algorithm),
     )
+    # A service needs a listener; only a simulation (in-process fleet) goes without.
+    _check(
+        bool(cfg.server.grpc or cfg.server.mqtt),
+        "server",
+        "no listener",
+        "set server.grpc or server.mqtt",
+    )
+    return cfg
 
 
 def load(path: Path) -> RunConfig:

@@ -152,6 +152,20 @@ class Engine:
     def round_metrics(self) -> dict[str, dict[str, float]]:
         return self.core.round_metrics
 
+    def progress(self) -> str:
+        """One line on where the run is (read from another thread: a glimpse, not a lock)."""
+        phase = self.core.phase
+        if self.done.is_set():
+            return "finished"
+        if phase is None:
+            return (
+                f"{len(self.core.connected)} of {self.cfg.run.min_agents} agents connected, "
+                f"{self.completed_rounds} of {self.cfg.run.rounds} rounds done"
+            )
+        what = "finish" if phase.round > self.cfg.run.rounds else f"round {phase.round}"
+        answered = len(phase.tasks) - len(phase.pending)
+        return f"{what} phase {phase.index}: {answered} of {len(phase.tasks)} answered"
+
     def is_connected(self, agent_id: str) -> bool:
         return agent_id in self.core.connected
 

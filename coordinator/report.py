@@ -14,6 +14,12 @@ from pfl_edge.accounting import ByteMeter
 
 FLOAT32_BYTES = 4
 
+ORCHESTRATION = (
+    "share of the rounds' wall time beyond the busiest agent's compute in each phase: "
+    "the coordinator's own work, the transfers and the gaps between phases "
+    "(1 - sum over phases of max over agents of compute / wall)"
+)
+
 
 def build(
     store: Store, meter: ByteMeter, *, algorithm: str, setup_tensor_bytes: int = 0
@@ -75,8 +81,12 @@ def build(
                     "bytes_down",
                     "peer_bytes_up",
                     "peer_bytes_down",
+                    "tensor_bytes_up",
+                    "tensor_bytes_down",
                     "wall_s",
+                    "critical_s",
                     "orchestration_s",
+                    "coordinator_cpu_s",
                     "strategy",
                 )
             }
@@ -92,6 +102,7 @@ def build(
             "orchestration_share": sum(r["orchestration_s"] for r in rounds) / wall
             if wall
             else None,
+            "orchestration_share_is": ORCHESTRATION,
             "setup_bytes_down": meter.total(round_=0, direction="down"),
             "setup_bytes_up": meter.total(round_=0, direction="up"),
             "accounted_bytes": meter.total()
@@ -160,3 +171,39 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary(report: dict[str, Any], out: Path) -> str:
+    """The report for people: one line per agent, then the run's figures."""
+    f = report["final"]
+    lines = [f"{'agent':10s} {'model':18s} {'params':>8s} {'acc':>7s} {'onnx diff':>10s}"]
+    for a in report["agents"]:
+        acc = a["final_test_acc"]
+        diff = a["onnx_max_abs_diff"]
+        lines.append(
+            f"{a['id']:10s} {a['model']:18s} {a['params']:8d} "
+            f"{'-' if acc is None else f'{acc:.4f}':>7s} "
+            f"{'-' if diff is None else f'{diff:.1e}':>10s}"
+        )
+    accs = " -> ".join(
+        f"{r['mean_test_acc']:.3f}" for r in report["rounds"] if r["mean_test_acc"] is not None
+    )
+    lines += [
+        f"mean test accuracy per round: {accs}",
+        f"uplink per agent-round {f['bytes_up_per_agent_round'] / 1e3:.1f} KB, downlink "
+        f"{f['bytes_down_per_agent_round'] / 1e3:.1f} KB; FedAvg would send "
+        f"{f['param_bytes_per_agent'] / 1e3:.1f} KB of parameters each way",
+        f"orchestration share {f['orchestration_share']:.1%}"
+        + (
+            f", wire overhead {f['wire_overhead']:.3f} (socket bytes / tensor bytes)"
+            if f.get("wire_overhead") is not None
+            else ""
+        ),
+        f"report: {out / 'report.json'}, plot: {out / 'report.png'}",
+    ]
+    heatmaps = sorted(out.glob("*_heatmap.png"))
+    if heatmaps:
+        lines.append(
+            f"strategy matrices: {', '.join(map(str, heatmaps))} (per round: {out / 'inspect'})"
+        )
+    return "\n".join(lines)

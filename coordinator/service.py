@@ -7,6 +7,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -157,11 +158,16 @@ def raise_fd_limit(connections: int) -> int:
     return int(soft)
 
 
-def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
+def start(
+    cfg: RunConfig,
+    out_dir: Path | None = None,
+    fleets: Sequence[Callable[[ByteMeter], ServerTransport]] = (),
+) -> RunningCoordinator:
     """Open the state, load the public set, start the listeners and the engine thread.
 
     Each round's inspections (Strategy.inspect) go to `out_dir` (default: the state dir):
-    inspect/<name>_round_<NNN>.csv and <name>_heatmap.png.
+    inspect/<name>_round_<NNN>.csv and <name>_heatmap.png. `fleets` make transports
+    besides the configured listeners, from the run's meter (a simulation's fleet).
     """
     params = resolve_params(cfg)
     mqtt_login = broker_login(cfg.server)
@@ -224,6 +230,10 @@ def start(cfg: RunConfig, out_dir: Path | None = None) -> RunningCoordinator:
         t.start(engine.attach(t))
         transports.append(t)
         log.info("serving %s", t.address)
+    for make in fleets:
+        t = make(meter)
+        t.start(engine.attach(t))
+        transports.append(t)
     thread = threading.Thread(target=engine.run, name="engine", daemon=True)
     thread.start()
     return RunningCoordinator(
@@ -250,7 +260,13 @@ def serve(cfg: RunConfig, report_dir: Path | None = None) -> Path:
         running.thread.join(0.5)
     if engine.done.is_set():
         time.sleep(0.5)  # let the shutdown messages leave before the listeners close
-    setup_tensor_bytes = engine.tensor_bytes.get(0, [0, 0])[1]
+    return finish(running, report_dir)
+
+
+def finish(running: RunningCoordinator, report_dir: Path | None = None) -> Path:
+    """Write the run's report (report.json, report.png) and stop; return the report's path."""
+    cfg = running.cfg
+    setup_tensor_bytes = running.engine.tensor_bytes.get(0, [0, 0])[1]
     rep = report.build(
         running.store,
         running.meter,

@@ -87,10 +87,21 @@ class AgentOptions:
     """Stop retrying a connection after this long without the coordinator."""
     save_state: checkpoint.SaveState = "full"
     """What is saved after each round for a restart (edge_agent.checkpoint)."""
+    export_onnx: bool = True
+    """At the end, export the model to out_dir/model.onnx and check it with onnxruntime
+    (a simulation of many agents may leave it out)."""
 
 
 class Agent:
-    def __init__(self, opts: AgentOptions) -> None:
+    def __init__(
+        self,
+        opts: AgentOptions,
+        *,
+        data: ClientData | None = None,
+        public: tuple[np.ndarray, str] | None = None,
+    ) -> None:
+        """`data` replaces the file at `opts.data`; `public` is a public set at hand with
+        its sha256 (a simulation's agents share one copy), used when it is the run's."""
         self.opts = opts
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -99,7 +110,7 @@ class Agent:
         )
         training.seed_everything(seed)
         self.rng = np.random.default_rng(seed)
-        self.data: ClientData = load_client(opts.data)
+        self.data: ClientData = data if data is not None else load_client(opts.data)
         shape = self.data.x_train.shape[1:]
         self.input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         self.model = build_model(opts.model, self.input_shape, opts.num_classes)
@@ -108,6 +119,7 @@ class Agent:
         self.learner: Learner | None = None
         self.run_config: pb.RunConfig | None = None
         self.public: np.ndarray | None = None
+        self._public_at_hand = public
         self.pending: list[Message] = []
         self.sent: dict[tuple[int, int], Message] = {}
         self.peers = PeerExchange(opts.agent_id, opts.run_id, self.meter)
@@ -178,10 +190,10 @@ class Agent:
                 deadline_s=self.opts.give_up_after_s,
                 on_retry=self._on_retry,
             )
-            self._send(0, register=self._registration())
+            self.register()
             while True:
                 msg = t.recv(None)
-                if msg is not None and self._handle(msg):
+                if msg is not None and self.handle(msg):
                     return
         finally:
             t.close()
@@ -189,6 +201,11 @@ class Agent:
     @staticmethod
     def _on_retry(exc: BaseException, delay: float) -> None:
         log.warning("%s; retrying in %.1f s", exc, delay)
+
+    def register(self) -> bool:
+        """Send this agent's Register on its transport (False: the run goes on)."""
+        self._send(0, register=self._registration())
+        return False
 
     def _registration(self) -> pb.Register:
         cached = (
@@ -209,7 +226,8 @@ class Agent:
             public_data_sha256=cached,
         )
 
-    def _handle(self, msg: Message) -> bool:
+    def handle(self, msg: Message) -> bool:
+        """Act on one message from the coordinator; True once it ended the run."""
         env = msg.envelope
         kind = kind_of(env)
         if kind == "run_config":
@@ -247,6 +265,8 @@ class Agent:
         )
 
     def _cached_public(self, info: pb.PublicDataInfo) -> np.ndarray | None:
+        if self._public_at_hand is not None and self._public_at_hand[1] == info.sha256:
+            return self._public_at_hand[0]
         path = self.cache_dir / f"{info.sha256}.npz"
         if not path.exists():
             return None
@@ -386,24 +406,27 @@ class Agent:
     def _finish(self) -> LearnerReply:
         start = time.time()
         acc = training.evaluate(self.model, self.data.x_test, self.data.y_test)
-        self.opts.out_dir.mkdir(parents=True, exist_ok=True)
-        rep = export_onnx(
-            self.model,
-            self.input_shape,
-            self.opts.out_dir / "model.onnx",
-            check_samples=self.data.x_test[:64],
-        )
-        log.info(
-            "exported %s (%d bytes); onnxruntime vs torch max abs diff %.2e",
-            rep.path,
-            rep.file_bytes,
-            rep.max_abs_diff,
-        )
-        self.final = {
-            "final_test_acc": acc,
-            "onnx_max_abs_diff": rep.max_abs_diff,
-            "onnx_bytes": float(rep.file_bytes),
-            "export_s": time.time() - start,
+        self.final = {"final_test_acc": acc}
+        if self.opts.export_onnx:
+            self.opts.out_dir.mkdir(parents=True, exist_ok=True)
+            rep = export_onnx(
+                self.model,
+                self.input_shape,
+                self.opts.out_dir / "model.onnx",
+                check_samples=self.data.x_test[:64],
+            )
+            log.info(
+                "exported %s (%d bytes); onnxruntime vs torch max abs diff %.2e",
+                rep.path,
+                rep.file_bytes,
+                rep.max_abs_diff,
+            )
+            self.final |= {
+                "onnx_max_abs_diff": rep.max_abs_diff,
+                "onnx_bytes": float(rep.file_bytes),
+                "export_s": time.time() - start,
+            }
+        self.final |= {
             "agent_bytes_up": float(self.meter.total(direction="up")),
             "agent_bytes_down": float(self.meter.total(direction="down")),
         }

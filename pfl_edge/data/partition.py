@@ -209,8 +209,8 @@ class PartitionSpec:
         return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__})
 
 
-def write_partitions(spec: PartitionSpec, out: Path) -> list[Path]:
-    """Partition the data set's train split into one agent-NN.npz per agent in `out`."""
+def split_dataset(spec: PartitionSpec) -> tuple[npt.NDArray[np.uint8], Index, list[ClientSplit]]:
+    """The data set's train images and labels and each agent's split of them, as `spec` says."""
     from pfl_edge.data.fetch import load
 
     data = load(spec.dataset)
@@ -225,10 +225,31 @@ def write_partitions(spec: PartitionSpec, out: Path) -> list[Path]:
         splits = partition_classes(
             y, spec.agents, spec.classes_per_agent, spec.samples_per_agent, spec.test_fraction, rng
         )
+    return x, y, splits
+
+
+def agent_ids(count: int) -> list[str]:
+    """agent-00, agent-01, ...: as many digits as the largest needs (at least two), so
+    that id order is number order."""
+    width = max(2, len(str(count - 1)))
+    return [f"agent-{i:0{width}d}" for i in range(count)]
+
+
+def write_partitions(spec: PartitionSpec, out: Path) -> list[Path]:
+    """Partition the data set's train split into one <agent id>.npz per agent in `out`."""
+    x, y, splits = split_dataset(spec)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, split in enumerate(splits):
-        path = out / f"agent-{i:02d}.npz"
+    for agent_id, split in zip(agent_ids(len(splits)), splits, strict=True):
+        path = out / f"{agent_id}.npz"
         save_client(path, x, y, split)
         paths.append(path)
     return paths
+
+
+def client_data(spec: PartitionSpec) -> list[ClientData]:
+    """What `write_partitions` writes, in memory: the same arrays its files load as."""
+    x, y, splits = split_dataset(spec)
+    return [
+        ClientData(x[s.train_idx], y[s.train_idx], x[s.test_idx], y[s.test_idx]) for s in splits
+    ]
