@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from benchmarks import ktpfl_table1 as t1
-from benchmarks.harness import AgentSetup, run_fleet
+from coordinator.sim.run import SimAgent
 from coordinator.strategies import ktpfl_math as km
 from coordinator.strategies.soft_targets import WeightedTargets
 from pfl_edge.values import Scalar
@@ -41,7 +41,7 @@ ORACLE = "oracle-c"
 LEARNER = "kt-pfl"
 
 
-def oracle_weights(fleet: Sequence[AgentSetup]) -> dict[tuple[str, str], float]:
+def oracle_weights(fleet: Sequence[SimAgent]) -> dict[tuple[str, str], float]:
     """w[(teacher, student)] before normalisation: label-histogram cosine similarity."""
     sim = t1.label_similarity(fleet)
     ids = [a.agent_id for a in fleet]
@@ -62,21 +62,11 @@ def oracle_strategy(w: dict[tuple[str, str], float]) -> type[WeightedTargets]:
 def run_job(noniid: str, seed: int, s: t1.Settings) -> dict[str, Any]:
     fleet = t1.make_fleet(noniid, seed, s)
     w = oracle_weights(fleet)
-    result = run_fleet(
-        LEARNER,
-        fleet,
-        t1.public_images("mnist"),
-        num_classes=t1.NUM_CLASSES,
-        rounds=s.rounds[noniid],
-        public_per_round=s.public_per_round,
-        seed=seed,
-        params=s.params_for(LEARNER),
-        curve_test_samples=s.curve_test_samples,
-        threads=s.threads_per_worker,
-        progress=lambda line: print(f"[{ORACLE}/{noniid}/seed{seed}] {line}", flush=True),
-        strategy_cls=oracle_strategy(w),
-    )
-    entry = t1.entry_of(t1.Job(ORACLE, noniid, "mnist", seed), result)
+    job = t1.Job(LEARNER, noniid, "mnist", seed)
+    started = time.perf_counter()
+    report, result = t1.run_fleet(job, fleet, s, strategy=oracle_strategy(w))
+    entry = t1.entry_of(job, report, result, time.perf_counter() - started)
+    entry["algorithm"] = ORACLE
     mixes = np.array([[w[(m.agent_id, n.agent_id)] for n in fleet] for m in fleet])
     entry["teachers_per_student"] = float(np.mean((mixes > 1e-9).sum(axis=0)))
     return entry

@@ -7,7 +7,8 @@ or the animal silhouettes (out of domain). Non-IID settings: `dirichlet` (class 
 fedmd, kt-pfl, sim-pfl, topk-pfl with the same rounds, epochs, public samples, seeds and
 initial models. Each agent has its private training samples plus a larger held-out test
 set of the same class mix (more than the paper's 25% so that one seed's mean accuracy
-has well under a point of sampling noise). Runs in-process through benchmarks.harness.
+has well under a point of sampling noise). Runs on the in-process fleet
+(coordinator.sim): the coordinator service and real agents in one process.
 
 `local` shares no public data, so one local run per (setting, seed) is reported under
 both public sets (`shared_with` says so).
@@ -29,10 +30,12 @@ must match) and rewrites it with every seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import multiprocessing
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -41,11 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import AgentSetup, FleetResult, run_fleet
 from coordinator import strategies
+from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
 from coordinator.heatmap import save_heatmap
+from coordinator.sim.run import NO_DEADLINE_S, SimAgent, SimResult, run_inprocess
+from coordinator.strategies.base import Strategy
 from coordinator.strategies.ktpfl import KTPFL
 from coordinator.strategies.ktpfl_math import spearman
+from pfl_edge import logs
 from pfl_edge.data.fetch import load
 from pfl_edge.data.partition import ClientData, partition_classes, partition_dirichlet
 from pfl_edge.params import COMMON
@@ -74,7 +80,6 @@ class Settings:
     public_per_round: int = 1000
     seeds: list[int] = field(default_factory=lambda: [1, 2])
     """Seeds 0 and 7 were used to choose kt-pfl's c_lr and c_rho; they are kept out."""
-    curve_test_samples: int = 50
     algorithms: dict[str, list[str]] = field(
         default_factory=lambda: {"mnist": list(ALGORITHMS), "animals": ["local", "fedmd", "kt-pfl"]}
     )
@@ -97,7 +102,6 @@ QUICK = Settings(
     public_per_round=100,
     seeds=[0],
     algorithms={p: list(ALGORITHMS) for p in PUBLIC},
-    curve_test_samples=20,
 )
 
 
@@ -124,7 +128,7 @@ def public_images(name: str) -> np.ndarray:
     return _mnist()["x_valid"] if name == "mnist" else load("animals")["x"]
 
 
-def make_fleet(noniid: str, seed: int, s: Settings) -> list[AgentSetup]:
+def make_fleet(noniid: str, seed: int, s: Settings) -> list[SimAgent]:
     """The agents of one (setting, seed): architectures round-robin, private splits drawn
     from the MNIST training split with rng(seed); the same for every method."""
     m = _mnist()
@@ -138,7 +142,7 @@ def make_fleet(noniid: str, seed: int, s: Settings) -> list[AgentSetup]:
         splits = partition_classes(m["y_train"], n, s.classes_per_agent, total, fraction, rng)
     x, y = m["x_train"], m["y_train"]
     return [
-        AgentSetup(
+        SimAgent(
             f"agent-{i:02d}",
             ARCHITECTURES[i % len(ARCHITECTURES)],
             ClientData(x[sp.train_idx], y[sp.train_idx], x[sp.test_idx], y[sp.test_idx]),
@@ -147,7 +151,7 @@ def make_fleet(noniid: str, seed: int, s: Settings) -> list[AgentSetup]:
     ]
 
 
-def label_similarity(fleet: Sequence[AgentSetup]) -> np.ndarray:
+def label_similarity(fleet: Sequence[SimAgent]) -> np.ndarray:
     """Cosine similarity of the agents' private training label histograms."""
     hist = np.stack(
         [np.bincount(a.data.y_train, minlength=NUM_CLASSES).astype(float) for a in fleet]
@@ -156,7 +160,7 @@ def label_similarity(fleet: Sequence[AgentSetup]) -> np.ndarray:
     return np.asarray(unit @ unit.T)
 
 
-def c_similarity_spearman(c: np.ndarray, ids: Sequence[str], fleet: Sequence[AgentSetup]) -> float:
+def c_similarity_spearman(c: np.ndarray, ids: Sequence[str], fleet: Sequence[SimAgent]) -> float:
     """Spearman correlation of c[m, n] (m != n) with the label similarity of m and n."""
     order = {a: i for i, a in enumerate(ids)}
     idx = np.array([order[a.agent_id] for a in fleet])
@@ -165,27 +169,57 @@ def c_similarity_spearman(c: np.ndarray, ids: Sequence[str], fleet: Sequence[Age
     return spearman(c[off], label_similarity(fleet)[off])
 
 
+def run_fleet(
+    job: Job,
+    fleet: Sequence[SimAgent],
+    s: Settings,
+    strategy: type[Strategy] | None = None,
+) -> tuple[dict[str, Any], SimResult]:
+    """Run `job` on `fleet` in process (the coordinator service and the agents' runtime,
+    with the public set `job.public` whole); the report and the result."""
+    logs.setup("INFO", job.label)
+    cfg = RunConfig(
+        run=RunSection(
+            id="table1",
+            algorithm=job.algorithm,
+            rounds=s.rounds[job.noniid],
+            min_agents=len(fleet),
+            phase_timeout_s=NO_DEADLINE_S,
+            finish_timeout_s=NO_DEADLINE_S,
+            seed=job.seed,
+        ),
+        public=PublicSection(
+            dataset=job.public,
+            samples=len(public_images(job.public)),
+            per_round=s.public_per_round,
+            num_classes=NUM_CLASSES,
+        ),
+        server=ServerSection(grpc=""),
+        algorithm={**s.params_for(job.algorithm), "seed": job.seed},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(
+            cfg, run=dataclasses.replace(cfg.run, state_dir=str(Path(tmp) / "state"))
+        )
+        result = run_inprocess(
+            cfg,
+            fleet,
+            Path(tmp),
+            seed=job.seed,
+            export_onnx=False,
+            threads=s.threads_per_worker,
+            strategy=strategy,
+        )
+        report: dict[str, Any] = json.loads(result.report.read_text())
+    return report, result
+
+
 def run_job(job: Job, s: Settings) -> dict[str, Any]:
     """One (algorithm, setting, public set, seed); returns its results entry."""
-
-    def progress(line: str) -> None:
-        print(f"[{job.label}] {line}", flush=True)
-
     fleet = make_fleet(job.noniid, job.seed, s)
-    result = run_fleet(
-        job.algorithm,
-        fleet,
-        public_images(job.public),
-        num_classes=NUM_CLASSES,
-        rounds=s.rounds[job.noniid],
-        public_per_round=s.public_per_round,
-        seed=job.seed,
-        params=s.params_for(job.algorithm),
-        curve_test_samples=s.curve_test_samples,
-        threads=s.threads_per_worker,
-        progress=progress,
-    )
-    entry = entry_of(job, result)
+    started = time.perf_counter()
+    report, result = run_fleet(job, fleet, s)
+    entry = entry_of(job, report, result, time.perf_counter() - started)
     if isinstance(result.strategy, KTPFL):
         c, ids = result.strategy.coefficients()
         entry["c_similarity_spearman"] = c_similarity_spearman(c, ids, fleet)
@@ -195,23 +229,50 @@ def run_job(job: Job, s: Settings) -> dict[str, Any]:
     return entry
 
 
-def entry_of(job: Job, r: FleetResult) -> dict[str, Any]:
-    """The `results` entry of one finished job."""
+def entry_of(job: Job, report: dict[str, Any], r: SimResult, wall_s: float) -> dict[str, Any]:
+    """The `results` entry of one finished job, from its report: accuracies after the last
+    round (after its distillation where there is one, and before it)."""
+    after: dict[str, list[float]] = {}
+    before: dict[str, list[float]] = {}
+    for a in report["agents"]:
+        last = a["last_round_metrics"]
+        after.setdefault(a["model"], []).append(last["test_acc"])
+        before.setdefault(a["model"], []).append(
+            last.get("test_acc_before_distill", last["test_acc"])
+        )
+    final = report["final"]
     return {
         "algorithm": job.algorithm,
         "noniid": job.noniid,
         "public": job.public,
         "seed": job.seed,
-        "final_mean_test_acc": r.mean_acc(),
-        "final_mean_test_acc_before_distill": r.mean_acc(before_distill=True),
-        "per_architecture": r.per_architecture(),
-        "bytes_up_per_agent_round": r.bytes_per_agent_round("up"),
-        "bytes_down_per_agent_round": r.bytes_per_agent_round("down"),
-        "param_bytes_per_agent": r.param_bytes_per_agent(),
+        "final_mean_test_acc": float(np.mean([x for v in after.values() for x in v])),
+        "final_mean_test_acc_before_distill": float(
+            np.mean([x for v in before.values() for x in v])
+        ),
+        "per_architecture": {
+            arch: {
+                "test_acc": float(np.mean(after[arch])),
+                "test_acc_before_distill": float(np.mean(before[arch])),
+            }
+            for arch in sorted(after)
+        },
+        "bytes_up_per_agent_round": final["bytes_up_per_agent_round"],
+        "bytes_down_per_agent_round": final["bytes_down_per_agent_round"],
+        "param_bytes_per_agent": final["param_bytes_per_agent"],
         "params": r.params,
-        "curve": r.curve,
-        "rejected_replies": r.rejected,
-        "wall_s": r.wall_s,
+        "curve": [
+            {
+                "round": float(x["round"]),
+                "test_acc": x["mean_test_acc"],
+                "test_acc_before_distill": x["mean_test_acc_before_distill"]
+                if x["mean_test_acc_before_distill"] is not None
+                else x["mean_test_acc"],
+            }
+            for x in report["rounds"]
+        ],
+        "rejected_replies": r.errors,
+        "wall_s": wall_s,
     }
 
 

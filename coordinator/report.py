@@ -52,6 +52,7 @@ def build(
                 "final_test_acc": final.get("final_test_acc"),
                 "onnx_max_abs_diff": final.get("onnx_max_abs_diff"),
                 "test_acc_per_round": [history[r].get("test_acc") for r in sorted(history)],
+                "last_round_metrics": history[max(history)] if history else {},
                 "bytes_up": meter.total(agent_id=agent_id, direction="up") + peer_up,
                 "bytes_down": meter.total(agent_id=agent_id, direction="down") + peer_down,
                 "peer_bytes_up": peer_up,

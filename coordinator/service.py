@@ -18,6 +18,7 @@ from coordinator.config import ConfigError, RunConfig, ServerSection, split_host
 from coordinator.engine import Engine
 from coordinator.inspection import Board, InspectionWriter, InspectServer
 from coordinator.store import Store
+from coordinator.strategies.base import Strategy
 from pfl_edge import params as run_params
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.transport.base import ServerLimits, ServerTransport
@@ -162,12 +163,15 @@ def start(
     cfg: RunConfig,
     out_dir: Path | None = None,
     fleets: Sequence[Callable[[ByteMeter], ServerTransport]] = (),
+    strategy: type[Strategy] | None = None,
 ) -> RunningCoordinator:
     """Open the state, load the public set, start the listeners and the engine thread.
 
     Each round's inspections (Strategy.inspect) go to `out_dir` (default: the state dir):
     inspect/<name>_round_<NNN>.csv and <name>_heatmap.png. `fleets` make transports
-    besides the configured listeners, from the run's meter (a simulation's fleet).
+    besides the configured listeners, from the run's meter (a simulation's fleet);
+    `strategy` replaces the coordinator half of the run's algorithm (an experiment's own),
+    the agents' half stays.
     """
     params = resolve_params(cfg)
     mqtt_login = broker_login(cfg.server)
@@ -192,7 +196,8 @@ def start(
         pub.info.sha256[:12],
     )
     meter = ByteMeter()
-    engine = Engine(cfg, strategies.get(cfg.run.algorithm), params, pub, store, meter, admit)
+    strategy_cls = strategy or strategies.get(cfg.run.algorithm)
+    engine = Engine(cfg, strategy_cls, params, pub, store, meter, admit)
     board, writer = Board(), InspectionWriter(out_dir or Path(cfg.run.state_dir))
     engine.observers += [board.publish, writer]
     http = None

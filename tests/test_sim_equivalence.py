@@ -73,9 +73,9 @@ def in_process(tmp: Path, algorithm: str, parts: list[Path]) -> dict[str, Any]:
         SimAgent(f"agent-{i:02d}", MODELS[i % len(MODELS)], load_client(p))
         for i, p in enumerate(parts)
     ]
-    path, errors = run_inprocess(config(tmp, algorithm, "sim"), agents, tmp / "sim")
-    assert errors == []
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    result = run_inprocess(config(tmp, algorithm, "sim"), agents, tmp / "sim")
+    assert result.errors == []
+    return json.loads(result.report.read_text())  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("algorithm", ["kt-pfl", "fedmd", "fedh2l"])

@@ -29,8 +29,8 @@ def run_sim(args: argparse.Namespace) -> int:
         export_onnx=not args.no_export,
         threads=args.threads,
     )
-    path, errors = simulate(settings)
-    print(summary(json.loads(path.read_text()), args.out))
-    for error in errors:
+    result = simulate(settings)
+    print(summary(json.loads(result.report.read_text()), args.out))
+    for error in result.errors:
         print(f"pfl-edge sim: {error}", file=sys.stderr)
-    return 1 if errors else 0
+    return 1 if result.errors else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from coordinator import service
 from coordinator.config import PublicSection, RunConfig, RunSection, ServerSection
 from coordinator.sim.inprocess import InProcessFleet
+from coordinator.strategies.base import Strategy
 from edge_agent.runtime import Agent, AgentOptions
 from pfl_edge.accounting import ByteMeter
 from pfl_edge.data.partition import ClientData, PartitionSpec, agent_ids, client_data
@@ -82,7 +83,18 @@ class SimAgent:
     data: ClientData
 
 
-def simulate(s: SimSettings) -> tuple[Path, list[str]]:
+@dataclass(frozen=True)
+class SimResult:
+    report: Path
+    errors: list[str]
+    """Refusals and failures in the fleet (none in a healthy run)."""
+    strategy: Strategy
+    """The run's strategy after its last round."""
+    params: dict[str, Scalar]
+    """The run's parameters, defaults filled in."""
+
+
+def simulate(s: SimSettings) -> SimResult:
     """Run `s` in process; the report's path and the fleet's errors (none, normally)."""
     log.info(
         "partitioning %s for %d agents (%s, %d samples each)",
@@ -114,10 +126,11 @@ def run_inprocess(
     seed: int = 0,
     export_onnx: bool = True,
     threads: int = 1,
-) -> tuple[Path, list[str]]:
+    strategy: type[Strategy] | None = None,
+) -> SimResult:
     """Serve `cfg` to `agents` in this process (agent seed `seed`, as `pfl-agent run
-    --seed`); the report's path and the fleet's errors (none, normally). `cfg`'s listeners
-    are ignored: the in-process fleet is the run's one transport."""
+    --seed`). `cfg`'s listeners are ignored: the in-process fleet is the run's one
+    transport. `strategy` replaces the coordinator half of the run's algorithm."""
     for old in (Path(cfg.run.state_dir), out / "agents", out / "inspect"):
         if old.exists():
             shutil.rmtree(old)
@@ -130,7 +143,7 @@ def run_inprocess(
         fleets.append(InProcessFleet(meter, cfg.server.chunk_bytes, cfg.server.max_message_bytes))
         return fleets[0]
 
-    running = service.start(cfg, out, fleets=[make_fleet])
+    running = service.start(cfg, out, fleets=[make_fleet], strategy=strategy)
     (fleet,) = fleets
     engine = running.engine
     public = (engine.public.images, engine.public.info.sha256)
@@ -161,4 +174,4 @@ def run_inprocess(
         fleet.finished.wait(30.0)
     finally:
         quiet.setLevel(level)
-    return service.finish(running, out), fleet.errors
+    return SimResult(service.finish(running, out), fleet.errors, engine.strategy, engine.params)
