@@ -353,7 +353,10 @@ def test_transfers_before_registration_allocate_nothing(start: Callable[..., Run
         assert_refused(client, Status.UNAUTHENTICATED, "register first")
         client.close()
     growth = rss_bytes() - rss_before
-    assert growth < 32 * MiB, f"resident memory grew by {growth / MiB:.1f} MiB"
+    # Declared: 1 GiB; sent: 64 MiB, part of which gRPC's own receive buffers hold for a
+    # while (32-35 MiB seen in full-suite runs). Allocating one declared transfer alone
+    # would add 256 MiB.
+    assert growth < 64 * MiB, f"resident memory grew by {growth / MiB:.1f} MiB"
     assert_unchanged(before, run.coord)
     assert_serves(run, a, "a")
 
