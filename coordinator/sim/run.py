@@ -71,7 +71,7 @@ def config(s: SimSettings) -> RunConfig:
         public=PublicSection(
             dataset="mnist", samples=s.public_samples, per_round=s.public_per_round
         ),
-        server=ServerSection(grpc="", http="", register_rate=1e9),
+        server=ServerSection(grpc=""),  # run_inprocess sets what a simulation needs
         algorithm={"seed": s.partition.seed, **s.params},
     )
 
@@ -95,7 +95,7 @@ class SimResult:
 
 
 def simulate(s: SimSettings) -> SimResult:
-    """Run `s` in process; the report's path and the fleet's errors (none, normally)."""
+    """Partition the data as `s` says and run it in process (run_inprocess)."""
     log.info(
         "partitioning %s for %d agents (%s, %d samples each)",
         s.partition.dataset,
@@ -134,6 +134,7 @@ def run_inprocess(
     for old in (Path(cfg.run.state_dir), out / "agents", out / "inspect"):
         if old.exists():
             shutil.rmtree(old)
+    # No listener, no HTTP endpoint, and no registration rate: the fleet is this process.
     cfg = dataclasses.replace(
         cfg, server=dataclasses.replace(cfg.server, grpc="", mqtt="", http="", register_rate=1e9)
     )

@@ -187,10 +187,6 @@ class RoundCore:
 
     # Events in.
 
-    def known(self, agent_id: str) -> AgentInfo | None:
-        rec = self.agents.get(agent_id)
-        return None if rec is None else rec.info
-
     def restore_agent(self, info: AgentInfo, route: str) -> None:
         """A registration from before a restart: known, not connected."""
         self.agents[info.agent_id] = _Agent(info, route)
